@@ -1,0 +1,102 @@
+"""The Runner protocol: how the task runner starts, waits for and kills a task's command.
+
+Two runners implement it: ``agent.process.ProcessRunner`` (native processes) and
+``agent.container.ContainerRunner`` (Docker). The task runner knows only this module.
+
+A launch failure (program not found, image missing at create time, ...) is a value: ``start``
+returns a ``FailureInfo`` instead of a handle. A non-zero exit is a value too (``ExitResult``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.status import ContainerInfo, FailureInfo
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUser:
+    """The Linux account a task runs as. ``uid is None`` means: the agent's own user."""
+
+    name: str
+    uid: int | None
+    gid: int | None
+    groups: tuple[int, ...] = ()
+    identity: str = "PoolNonAdmin"   # AZ_BATCH_TASK_USER_IDENTITY
+    elevated: bool = False           # admin elevation (root on the host / in the container)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRequest:
+    """What a container runner needs beyond a plain process (§8)."""
+
+    image: str                                  # normalised, with a tag
+    create_kwargs: Mapping[str, Any]            # Docker SDK ``containers.create`` arguments
+    labels: Mapping[str, str] = field(default_factory=dict)
+    remove_after: bool = False                  # ``--rm`` in containerRunOptions
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """One attempt of one task's command."""
+
+    job_id: str
+    task_id: str
+    attempt: int
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: Path
+    stdout: Path
+    stderr: Path
+    user: TaskUser
+    container: ContainerRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunHandle:
+    """Enough to find a started command again, also after an agent restart (persisted)."""
+
+    kind: str                         # "process" | "container"
+    pid: int | None = None
+    pgid: int | None = None
+    create_time: float | None = None  # psutil create_time, to tell a recycled pid apart
+    cgroup: str | None = None
+    container_id: str | None = None
+    marker: str | None = None         # value identifying the task's processes (sweep)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunHandle:
+        return cls(**{k: data.get(k) for k in cls.__slots__})  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class ExitResult:
+    """How a started command ended."""
+
+    exit_code: int                    # the status; killed by a signal: minus the signal number
+    killed_by_agent: bool = False     # the agent killed it (wall clock / terminate)
+    container_info: ContainerInfo | None = None
+
+
+class Runner(Protocol):
+    async def start(self, request: RunRequest) -> RunHandle | FailureInfo:
+        """Start the command; a launch failure comes back as a FailureInfo."""
+        ...
+
+    async def wait(self, handle: RunHandle) -> ExitResult:
+        """Wait until the command (its main process / container) ends."""
+        ...
+
+    async def kill(self, handle: RunHandle, grace: float) -> None:
+        """SIGTERM the whole tree, wait ``grace`` seconds, SIGKILL, sweep escaped processes."""
+        ...
+
+    async def cleanup(self, handle: RunHandle) -> None:
+        """Release what the attempt held (cgroup, container) once its result is recorded."""
+        ...
