@@ -1,0 +1,184 @@
+"""Reading task / job documents and turning pydantic's errors into Batch-style messages.
+
+Every problem comes back as one ``SpecError`` listing each issue with its JSON path
+(``outputFiles[2].uploadOptions.uploadCondition``) and what is allowed. Nothing else escapes:
+not a JSON decode error, not a pydantic error, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import ValidationError
+
+from agent.errors import Issue, SpecError
+from agent.spec.base import BatchModel, did_you_mean
+from agent.spec.job import JobSpec, TaskCollection
+from agent.spec.task import TaskSpec
+
+Kind = Literal["task", "job", "collection"]
+_JOB_KEYS = {"poolInfo", "jobPreparationTask", "jobReleaseTask", "jobManagerTask", "onTaskFailure",
+             "onAllTasksComplete", "commonEnvironmentSettings", "usesTaskDependencies", "taskFactory",
+             "applicationTemplateInfo"}
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    kind: Kind
+    model: TaskSpec | JobSpec | TaskCollection
+    source: str
+
+    @property
+    def tasks(self) -> list[TaskSpec]:
+        if isinstance(self.model, TaskSpec):
+            return [self.model]
+        if isinstance(self.model, TaskCollection):
+            return list(self.model.value)
+        return []
+
+
+def read_json(path: Path | str) -> Any:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"no such file; check the path {source!r}", source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read the file: {exc.__class__.__name__}: {exc}", source=source) from None
+    return parse_json(text, source)
+
+
+def parse_json(text: str, source: str = "<input>") -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                        source=source) from None
+    except RecursionError:
+        raise SpecError("JSON nested too deeply", source=source) from None
+
+
+def detect_kind(data: Any) -> Kind:
+    if isinstance(data, dict):
+        if isinstance(data.get("value"), list) and "commandLine" not in data:
+            return "collection"
+        if "commandLine" not in data and _JOB_KEYS & set(data):
+            return "job"
+    return "task"
+
+
+def load_data(data: Any, *, kind: Kind | None = None, source: str = "<input>") -> Document:
+    kind = kind or detect_kind(data)
+    model_type: type[TaskSpec | JobSpec | TaskCollection] = {
+        "task": TaskSpec, "job": JobSpec, "collection": TaskCollection}[kind]
+    if not isinstance(data, dict):
+        raise SpecError([Issue("", f"a {kind} must be a JSON object, not {type(data).__name__}")], source=source)
+    try:
+        model = model_type.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(issues_from(exc, model_type), source=source) from None
+    except (RecursionError, OverflowError, ValueError) as exc:  # defensive: never a traceback
+        raise SpecError(f"cannot read this {kind}: {exc}", source=source) from None
+    return Document(kind, model, source)
+
+
+def load_document(path: Path | str, *, kind: Kind | None = None) -> Document:
+    return load_data(read_json(path), kind=kind, source=str(path))
+
+
+def load_task(path: Path | str) -> TaskSpec:
+    doc = load_document(path)
+    if not isinstance(doc.model, TaskSpec):
+        raise SpecError(f"expected a task (Create Task body), found a {doc.kind}", source=str(path))
+    return doc.model
+
+
+def load_job(path: Path | str) -> JobSpec:
+    doc = load_document(path, kind="job")
+    assert isinstance(doc.model, JobSpec)
+    return doc.model
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union")):  # pydantic internals, not JSON keys
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def issues_from(exc: ValidationError, model_type: type[BatchModel]) -> list[Issue]:
+    issues: list[Issue] = []
+    for err in exc.errors(include_url=False, include_input=False):
+        path = format_loc(tuple(err["loc"]))
+        kind = err["type"]
+        message = err["msg"]
+        if kind == "extra_forbidden":
+            owner = _model_at(model_type, tuple(err["loc"])[:-1])
+            known = owner.known_fields() if owner else []
+            message = f"unknown field; {did_you_mean(str(err['loc'][-1]), known)}"
+        if kind == "missing":
+            message = "required field is missing"
+        issues.append(Issue(path, message))
+    return issues
+
+
+def _model_at(model: type[BatchModel], loc: tuple[int | str, ...]) -> type[BatchModel] | None:
+    """The model class that sits at ``loc`` (aliases and list indexes) below ``model``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BatchModel)):
+            return None
+        field = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BatchModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The model type inside ``X | None``, ``list[X]``."""
+    for arg in (get_args(annotation) or ()):
+        inner = _unwrap(arg) if get_args(arg) else arg
+        if isinstance(inner, type) and issubclass(inner, BatchModel):
+            return inner
+    return annotation
+
+
+def check_task_in_job(task: TaskSpec, job: JobSpec | None) -> list[Issue]:
+    """The add-task rules that depend on the job (Batch answers HTTP 400 / 409 for these)."""
+    if job is None:
+        return []
+    issues: list[Issue] = []
+    for special, code in ((job.job_preparation_task, "TaskIdSameAsJobPreparationTask"),
+                          (job.job_release_task, "TaskIdSameAsJobReleaseTask")):
+        if special and special.id.casefold() == task.id.casefold():
+            issues.append(Issue("id", f"{task.id!r} is the id of the job's "
+                                f"{'preparation' if code.endswith('PreparationTask') else 'release'} task "
+                                f"({code}); choose another task id"))
+    if task.depends_on and not job.uses_task_dependencies:
+        issues.append(Issue("dependsOn", "the job does not set usesTaskDependencies: true "
+                            "(TaskDependenciesNotSpecificedOnJob); set it on the job or remove dependsOn"))
+    if job.task_failure_mode == "noaction" and task.exit_conditions:
+        ec = task.exit_conditions
+        named = [("preProcessingError", ec.pre_processing_error), ("fileUploadError", ec.file_upload_error),
+                 ("default", ec.default)]
+        named += [(f"exitCodes[{i}].exitOptions", m.exit_options) for i, m in enumerate(ec.exit_codes or [])]
+        named += [(f"exitCodeRanges[{i}].exitOptions", m.exit_options)
+                  for i, m in enumerate(ec.exit_code_ranges or [])]
+        for where, options in named:
+            if options is not None and options.job_action is not None:
+                issues.append(Issue(
+                    f"exitConditions.{where}.jobAction",
+                    "the job's onTaskFailure is noaction, so Batch rejects a task that sets jobAction; "
+                    "set onTaskFailure to performExitOptionsJobAction on the job or remove jobAction"))
+    return issues

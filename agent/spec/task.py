@@ -1,0 +1,277 @@
+"""The Create Task body (REST api-version 2025-06-01, ``BatchTaskCreateOptions``) and the
+objects it is made of. Field rules are those of the REST reference page (seed 004) and the
+semantics doc; each check names what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import PurePosixPath
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from agent.spec.base import BatchModel, CaseEnum, Duration
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ID_RULE = "1 to 64 characters: letters, digits, '-' and '_'"
+DEFAULT_RETENTION = timedelta(days=7)
+
+
+def check_id(value: str) -> str:
+    if not ID_PATTERN.match(value):
+        raise PydanticCustomError("batch_id", "{got} is not a valid id; use " + ID_RULE,
+                                  {"got": repr(value)})
+    return value
+
+
+def check_relative_path(value: str) -> str:
+    """A path under the working directory: not absolute, no '..' segment."""
+    path = PurePosixPath(value)
+    if path.is_absolute():
+        raise PydanticCustomError(
+            "relative_path", "{got} is absolute; give a path relative to the task working directory",
+            {"got": repr(value)})
+    if ".." in path.parts:
+        raise PydanticCustomError(
+            "relative_path", "{got} contains '..'; the path must stay inside the task working directory",
+            {"got": repr(value)})
+    return value
+
+
+class NodeIdentityReference(BatchModel):
+    resource_id: str | None = None
+
+
+class EnvironmentSetting(BatchModel):
+    name: str = Field(min_length=1)
+    value: str | None = None
+
+
+class ResourceFile(BatchModel):
+    auto_storage_container_name: str | None = None
+    storage_container_url: str | None = None
+    http_url: str | None = None
+    blob_prefix: str | None = None
+    file_path: str | None = None
+    file_mode: str | None = None
+    identity_reference: NodeIdentityReference | None = None
+
+    @field_validator("file_path")
+    @classmethod
+    def _file_path(cls, value: str | None) -> str | None:
+        return None if value is None else check_relative_path(value)
+
+    @field_validator("file_mode")
+    @classmethod
+    def _file_mode(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"0?[0-7]{3}|[0-7]{4}", value):
+            raise PydanticCustomError("file_mode", "{got} is not an octal mode; write e.g. '0770' or '0644'",
+                                      {"got": repr(value)})
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ResourceFile:
+        sources = [n for n, v in (("httpUrl", self.http_url), ("storageContainerUrl", self.storage_container_url),
+                                  ("autoStorageContainerName", self.auto_storage_container_name)) if v]
+        if len(sources) != 1:
+            raise PydanticCustomError(
+                "resource_source", "give exactly one of httpUrl, storageContainerUrl, autoStorageContainerName "
+                "(got {got})", {"got": ", ".join(sources) or "none"})
+        if self.http_url and not self.file_path:
+            raise PydanticCustomError("resource_path", "filePath is required with httpUrl (it names the file)")
+        if self.http_url and self.blob_prefix is not None:
+            raise PydanticCustomError("resource_prefix", "blobPrefix applies only to storageContainerUrl "
+                                      "or autoStorageContainerName, not httpUrl")
+        return self
+
+    @property
+    def mode(self) -> int:
+        return int(self.file_mode, 8) if self.file_mode else 0o770
+
+
+class ContainerRegistryReference(BatchModel):
+    username: str | None = None
+    password: str | None = None
+    registry_server: str | None = None
+    identity_reference: NodeIdentityReference | None = None
+
+    def __repr_args__(self) -> Any:  # never show the password in reprs / tracebacks
+        for key, value in super().__repr_args__():
+            yield key, ("REDACTED" if key == "password" and value else value)
+
+
+class ContainerHostBatchBindMountEntry(BatchModel):
+    source: CaseEnum("Shared", "Startup", "VfsMounts", "Task", "JobPrep", "Applications") | None = None
+    is_read_only: bool | None = None
+
+
+class TaskContainerSettings(BatchModel):
+    container_run_options: str | None = None
+    image_name: str = Field(min_length=1)
+    registry: ContainerRegistryReference | None = None
+    working_directory: CaseEnum("taskWorkingDirectory", "containerImageDefault") | None = None
+    container_host_batch_bind_mounts: list[ContainerHostBatchBindMountEntry] | None = None
+
+
+class ExitOptions(BatchModel):
+    job_action: CaseEnum("none", "disable", "terminate") | None = None
+    dependency_action: CaseEnum("satisfy", "block") | None = None
+
+
+class ExitCodeMapping(BatchModel):
+    code: int
+    exit_options: ExitOptions
+
+
+class ExitCodeRangeMapping(BatchModel):
+    start: int
+    end: int
+    exit_options: ExitOptions
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ExitCodeRangeMapping:
+        if self.start > self.end:
+            raise PydanticCustomError("range_order", "start ({start}) must be <= end ({end})",
+                                      {"start": self.start, "end": self.end})
+        return self
+
+
+class ExitConditions(BatchModel):
+    exit_codes: list[ExitCodeMapping] | None = None
+    exit_code_ranges: list[ExitCodeRangeMapping] | None = None
+    pre_processing_error: ExitOptions | None = None
+    file_upload_error: ExitOptions | None = None
+    default: ExitOptions | None = None
+
+
+class OutputFileUploadHeader(BatchModel):
+    name: str = Field(min_length=1)
+    value: str | None = None
+
+
+class OutputFileBlobContainerDestination(BatchModel):
+    path: str | None = None
+    container_url: str = Field(min_length=1)
+    identity_reference: NodeIdentityReference | None = None
+    upload_headers: list[OutputFileUploadHeader] | None = None
+
+
+class OutputFileDestination(BatchModel):
+    container: OutputFileBlobContainerDestination
+
+
+class OutputFileUploadConfiguration(BatchModel):
+    upload_condition: CaseEnum("tasksuccess", "taskfailure", "taskcompletion")
+
+
+class OutputFile(BatchModel):
+    file_pattern: str = Field(min_length=1)
+    destination: OutputFileDestination
+    upload_options: OutputFileUploadConfiguration
+
+
+class TaskConstraints(BatchModel):
+    max_wall_clock_time: Duration = None
+    retention_time: Duration = DEFAULT_RETENTION
+    max_task_retry_count: int | None = Field(default=None, ge=-1)
+
+
+class AutoUserSpecification(BatchModel):
+    scope: CaseEnum("task", "pool") | None = None
+    elevation_level: CaseEnum("nonadmin", "admin") | None = None
+
+
+class UserIdentity(BatchModel):
+    username: str | None = None
+    auto_user: AutoUserSpecification | None = None
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> UserIdentity:
+        if self.username and self.auto_user:
+            raise PydanticCustomError("user_identity", "give username or autoUser, not both")
+        return self
+
+
+class TaskIdRange(BatchModel):
+    start: int
+    end: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TaskIdRange:
+        if self.start > self.end:
+            raise PydanticCustomError("range_order", "start ({start}) must be <= end ({end})",
+                                      {"start": self.start, "end": self.end})
+        return self
+
+
+class TaskDependencies(BatchModel):
+    task_ids: list[str] | None = None
+    task_id_ranges: list[TaskIdRange] | None = None
+
+    @field_validator("task_ids")
+    @classmethod
+    def _length(cls, value: list[str] | None) -> list[str] | None:
+        if value and sum(len(v) for v in value) > 64000:
+            raise PydanticCustomError("too_long", "the task ids add up to more than 64000 characters "
+                                      "(TaskDependencyListTooLong); use taskIdRanges")
+        return value
+
+
+class MultiInstanceSettings(BatchModel):
+    number_of_instances: int | None = Field(default=None, ge=1)
+    coordination_command_line: str
+    common_resource_files: list[ResourceFile] | None = None
+
+
+class ApplicationPackageReference(BatchModel):
+    application_id: str = Field(min_length=1)
+    version: str | None = None
+
+
+class AuthenticationTokenSettings(BatchModel):
+    access: list[CaseEnum("job")] | None = None
+
+
+class AffinityInfo(BatchModel):
+    affinity_id: str
+
+
+class TaskBase(BatchModel):
+    """Fields shared by regular, job manager, job preparation and job release tasks."""
+
+    command_line: str
+    container_settings: TaskContainerSettings | None = None
+    resource_files: list[ResourceFile] | None = None
+    environment_settings: list[EnvironmentSetting] | None = None
+    user_identity: UserIdentity | None = None
+
+
+# Read-only fields of a Get Task response: accepted (an `az batch task show` dump can be fed
+# back) and ignored.
+TASK_READ_ONLY = frozenset({
+    "url", "eTag", "lastModified", "creationTime", "state", "stateTransitionTime", "previousState",
+    "previousStateTransitionTime", "executionInfo", "nodeInfo", "stats", "odata.metadata",
+})
+
+
+class TaskSpec(TaskBase):
+    """``BatchTaskCreateOptions``: the body of Tasks - Create Task."""
+
+    ignored_fields: ClassVar[frozenset[str]] = TASK_READ_ONLY
+
+    id: str
+    display_name: str | None = Field(default=None, max_length=1024)
+    exit_conditions: ExitConditions | None = None
+    output_files: list[OutputFile] | None = None
+    affinity_info: AffinityInfo | None = None
+    constraints: TaskConstraints | None = None
+    required_slots: int | None = Field(default=None, ge=1)
+    multi_instance_settings: MultiInstanceSettings | None = None
+    depends_on: TaskDependencies | None = None
+    application_package_references: list[ApplicationPackageReference] | None = None
+    authentication_token_settings: AuthenticationTokenSettings | None = None
+
+    _check_id = field_validator("id")(classmethod(lambda cls, v: check_id(v)))
