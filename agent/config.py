@@ -1,0 +1,153 @@
+"""The agent's own configuration: a TOML file, environment variables and command-line flags.
+
+Precedence, highest first: a command-line flag (``--root``), an environment variable
+(``BATCH_AGENT_ROOT``, ``BATCH_AGENT_CONFIG``), the TOML file (``--config``, else
+``$BATCH_AGENT_CONFIG``, else ``/etc/batch-agent/agent.toml`` when it exists), the defaults below.
+The commented default file is ``config/agent.toml``. This module only reads; it creates nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError, Issue
+from agent.layout import DEFAULT_ROOT
+from agent.spec.durations import DurationError, parse_duration
+
+DEFAULT_CONFIG_PATH = Path("/etc/batch-agent/agent.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    root: Path = DEFAULT_ROOT
+    account_name: str = "local"
+    account_url: str = "http://127.0.0.1:8080/"
+    pool_id: str = "local"
+    node_id: str = field(default_factory=lambda: f"local-{socket.gethostname()}")
+    is_dedicated: bool = True
+    system_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    reserved_disk_bytes: int = 1_000_000_000
+    os_reserved_disk_bytes: int = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    kill_grace: float = 10.0            # seconds between SIGTERM and SIGKILL
+    default_job_id: str = "local"
+    create_users: bool = True           # create _azbatch / _azbatchtask_N accounts when root
+    pool_nonadmin_user: str = "_azbatch"
+    task_user_prefix: str = "_azbatchtask_"
+    user_group: str = "_azbatchgrp"
+    use_cgroups: bool = True
+    wall_clock_failure_code: str = "TaskEnded"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """The auto-storage account (``autoStorageContainerName``) and transfer settings."""
+
+    connection_string: str = ""
+    account_url: str = ""
+    account_key: str = ""
+    sas_token: str = ""
+    concurrency: int = 8
+    retries: int = 5
+    backoff: float = 1.0                # base delay (s) of exponential backoff; 0 in tests
+    timeout: float = 300.0
+    block_threshold: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DockerConfig:
+    stop_grace: float = 10.0
+    network: str = ""                   # default network mode for containers ("" = engine default)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    source: str = "defaults"
+
+
+_SECTIONS: Mapping[str, type[Any]] = {"node": NodeConfig, "tasks": TaskConfig, "storage": StorageConfig,
+                                      "docker": DockerConfig}
+
+
+def _convert(section: str, name: str, kind: Any, value: Any) -> Any:
+    path = f"{section}.{name}"
+    if kind in {"Path", Path}:
+        if not isinstance(value, str) or not value:
+            raise ConfigError([Issue(path, "must be a non-empty path string")])
+        return Path(value)
+    if kind in {"float", float}:
+        if isinstance(value, str):  # an ISO 8601 duration is accepted for times
+            try:
+                td = parse_duration(value)
+            except DurationError as exc:
+                raise ConfigError([Issue(path, str(exc))]) from None
+            return td.total_seconds() if td is not None else float("inf")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError([Issue(path, "must be a number of seconds or an ISO 8601 duration")])
+        return float(value)
+    expected = {"bool": bool, "int": int, "str": str}.get(kind if isinstance(kind, str) else kind.__name__)
+    if expected is int and isinstance(value, bool) or expected and not isinstance(value, expected):
+        raise ConfigError([Issue(path, f"must be a {expected.__name__ if expected else kind}")])
+    return value
+
+
+def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None = None,
+                root: Path | None = None) -> AgentConfig:
+    env = os.environ if environ is None else environ
+    chosen = path or (Path(env["BATCH_AGENT_CONFIG"]) if env.get("BATCH_AGENT_CONFIG") else None)
+    if chosen is None and DEFAULT_CONFIG_PATH.is_file():
+        chosen = DEFAULT_CONFIG_PATH
+    cfg = AgentConfig()
+    if chosen is not None:
+        try:
+            data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(chosen)!r} does not exist; fix --config or "
+                              "BATCH_AGENT_CONFIG") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {str(chosen)!r}: {exc}") from None
+        cfg = _apply(cfg, data, str(chosen))
+    if env.get("BATCH_AGENT_ROOT"):
+        cfg = replace(cfg, node=replace(cfg.node, root=Path(env["BATCH_AGENT_ROOT"])))
+    if root is not None:
+        cfg = replace(cfg, node=replace(cfg.node, root=root))
+    if not cfg.node.root.is_absolute():
+        cfg = replace(cfg, node=replace(cfg.node, root=cfg.node.root.absolute()))
+    return cfg
+
+
+def _apply(cfg: AgentConfig, data: Mapping[str, Any], source: str) -> AgentConfig:
+    issues: list[Issue] = []
+    updates: dict[str, Any] = {}
+    for section, values in data.items():
+        cls = _SECTIONS.get(section)
+        if cls is None or not isinstance(values, dict):
+            issues.append(Issue(section, f"unknown section; allowed: {', '.join(_SECTIONS)}"))
+            continue
+        known = {f.name: f.type for f in fields(cls)}
+        changes: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in known:
+                issues.append(Issue(f"{section}.{name}", f"unknown key; allowed: {', '.join(known)}"))
+                continue
+            try:
+                changes[name] = _convert(section, name, known[name], value)
+            except ConfigError as exc:
+                issues.extend(exc.issues)
+        updates[section] = replace(getattr(cfg, section), **changes)
+    if issues:
+        raise ConfigError(issues, source=source)
+    return replace(cfg, source=source, **updates)
