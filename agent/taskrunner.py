@@ -1,0 +1,325 @@
+"""One task's life on this node, from ``running`` to ``completed`` (§3, §5, §6, §9, §10).
+
+    attempt:  prestart hooks -> runner.start -> runner.wait (wall clock) -> exited hooks
+    then:     retry (non-zero exit, retries left) or complete -> exit conditions -> job effect
+
+The wall clock starts with the running phase, downloads included, and applies per attempt
+(UNCONFIRMED in Batch; the semantics doc's recommendation). On expiry the whole tree is killed
+(SIGTERM, grace, SIGKILL, sweep) and the task completes with ``TaskEnded`` / ServerError and the
+exit code ``-signal``; it is not retried. Pre-processing and upload errors are not retried either.
+Output files are uploaded after every attempt whose process ran.
+
+This module knows the ``Runner`` and hook protocols only; ``agent.cli`` (or the service) builds
+the concrete runners and hooks and hands them in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.environment import NodeIdentity, TaskEnvRequest, task_environment
+from agent.exits import Outcome, decide, job_effect
+from agent.layout import NodeLayout, TaskDirs
+from agent.lifecycle import JOB_PREPARATION, JOB_RELEASE, TASK, ExitedHook, PrestartHook, TaskContext
+from agent.logs import get_logger
+from agent.runner import ExitResult, RunHandle, Runner, RunRequest, TaskUser
+from agent.spec import JobPreparationTask, JobReleaseTask, JobSpec, TaskBase, TaskSpec
+from agent.status import (
+    ExecutionInfo,
+    ExitDecision,
+    FailureInfo,
+    JobState,
+    NodeInfo,
+    TaskState,
+    TaskStatus,
+    utcnow,
+)
+
+UserResolver = Callable[[TaskBase, str, str], "TaskUser | FailureInfo"]
+HandleSink = Callable[[str, str, RunHandle | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    wall_clock: timedelta | None
+    max_retries: int            # -1 = unlimited
+    retention: timedelta | None
+
+
+def limits_for(spec: TaskBase, job: JobSpec | None) -> Limits:
+    """The effective constraints of a task (task constraints, else the job's; §5, §9)."""
+    if isinstance(spec, JobReleaseTask):
+        return Limits(spec.max_wall_clock_time, 0, spec.retention_time)
+    constraints = getattr(spec, "constraints", None)
+    job_retries = job.constraints.max_task_retry_count if job and job.constraints else None
+    if isinstance(spec, JobPreparationTask):
+        job_retries = None  # the prep task's retries come from its own constraints only
+    if constraints is None:
+        from agent.spec.task import DEFAULT_RETENTION
+        return Limits(None, job_retries or 0, DEFAULT_RETENTION)
+    retries = constraints.max_task_retry_count
+    if retries is None:
+        retries = job_retries or 0
+    return Limits(constraints.max_wall_clock_time, retries, constraints.retention_time)
+
+
+def split_command(command_line: str) -> tuple[str, ...]:
+    """POSIX word splitting without any expansion (§3; exact Batch rules UNCONFIRMED)."""
+    return tuple(shlex.split(command_line, posix=True))
+
+
+@dataclass(slots=True)
+class TaskOutcome:
+    """What running a task produced: the Batch status plus the job effect and the limits."""
+
+    status: TaskStatus
+    job_state: JobState = JobState.ACTIVE
+    terminate_reason: str | None = None
+    ran: bool = False           # the command started at least once
+    limits: Limits | None = None
+
+
+@dataclass(slots=True)
+class TaskRunner:
+    """Runs tasks of one node. Concrete runners and hooks are injected."""
+
+    config: AgentConfig
+    node: NodeIdentity
+    runners: Mapping[str, Runner]
+    prestart: Sequence[PrestartHook]
+    exited: Sequence[ExitedHook]
+    resolve_user: UserResolver
+    on_handle: HandleSink | None = None
+    progress: Any = None
+    _terminate: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> NodeLayout:
+        return NodeLayout(self.config.node.root)
+
+    def terminate(self, job_id: str, task_id: str) -> None:
+        """Ask a running task to end (user terminate): it completes with TaskEnded/UserError."""
+        self._terminate.setdefault((job_id, task_id), asyncio.Event()).set()
+
+    def node_info(self, dirs: TaskDirs) -> NodeInfo:
+        url = self.node.account_url.rstrip("/")
+        return NodeInfo(self.node.pool_id, self.node.node_id, dirs.relative,
+                        node_url=f"{url}/pools/{self.node.pool_id}/nodes/{self.node.node_id}",
+                        task_root_directory_url=f"{url}/pools/{self.node.pool_id}/nodes/"
+                                                f"{self.node.node_id}/files/{dirs.relative}")
+
+    async def run(self, spec: TaskBase, *, job_id: str, job: JobSpec | None = None,
+                  kind: str = TASK, task_id: str | None = None) -> TaskOutcome:
+        """Run a task to completion, retries included."""
+        task_id = task_id or getattr(spec, "id", None) or kind
+        layout = self.layout
+        dirs = layout.task(job_id, task_id)
+        limits = limits_for(spec, job)
+        log = get_logger(job_id=job_id, task_id=task_id)
+        stop = self._terminate.setdefault((job_id, task_id), asyncio.Event())
+        info = ExecutionInfo()
+        ran = False
+        attempt = 0
+        try:
+            while True:
+                start = utcnow()
+                info = replace(info, start_time=start, end_time=None, exit_code=None, failure_info=None,
+                               container_info=None)
+                result, failure = await self._attempt(spec, job, kind, job_id, task_id, attempt, dirs,
+                                                      limits, log.bind(attempt=attempt), stop)
+                ran = ran or result is not None
+                info = replace(info, exit_code=result.exit_code if result else None,
+                               container_info=result.container_info if result else None)
+                if (failure is None and result is not None and result.exit_code != 0
+                        and (limits.max_retries < 0 or attempt < limits.max_retries)
+                        and not result.killed_by_agent):
+                    attempt += 1
+                    info = replace(info, retry_count=attempt, last_retry_time=utcnow())
+                    log.info("retrying task", retry_count=attempt, exit_code=result.exit_code)
+                    continue
+                if failure is None and result is not None and result.exit_code != 0:
+                    failure = FailureInfo.user("FailureExitCode",
+                                               "The task exited with an exit code representing a failure",
+                                               Message=f"The task process exited with exit code "
+                                                       f"{result.exit_code}")
+                info = replace(info, end_time=utcnow(), failure_info=failure)
+                break
+        finally:
+            self._terminate.pop((job_id, task_id), None)
+        status = TaskStatus(task_id, TaskState.COMPLETED, info, self.node_info(dirs),
+                            state_transition_time=info.end_time, previous_state=TaskState.RUNNING)
+        outcome = TaskOutcome(status, ran=ran, limits=limits)
+        if isinstance(spec, TaskSpec) or kind == TASK:
+            decision = self._decide(spec, info, result_ran=ran)
+            outcome.status = replace(status, decision=decision)
+            effect = job_effect(job.task_failure_mode if job else "noaction", decision,
+                                info.failure_info is not None)
+            outcome.job_state, outcome.terminate_reason = effect.state, effect.terminate_reason
+        log.info("task completed", exit_code=info.exit_code,
+                 failure=info.failure_info.code if info.failure_info else None)
+        return outcome
+
+    def _decide(self, spec: TaskBase, info: ExecutionInfo, *, result_ran: bool) -> ExitDecision:
+        conditions = getattr(spec, "exit_conditions", None)
+        failure = info.failure_info
+        if info.exit_code is None:
+            return decide(conditions, Outcome.pre_processing())
+        if failure is not None and failure.code.startswith("FileUpload"):
+            return decide(conditions, Outcome.upload_error(info.exit_code))
+        return decide(conditions, Outcome.exited(info.exit_code))
+
+    async def _attempt(self, spec: TaskBase, job: JobSpec | None, kind: str, job_id: str, task_id: str,
+                       attempt: int, dirs: TaskDirs, limits: Limits, log: Any,
+                       stop: asyncio.Event) -> tuple[ExitResult | None, FailureInfo | None]:
+        started_at = time.monotonic()
+        deadline = started_at + limits.wall_clock.total_seconds() if limits.wall_clock else None
+        user = self.resolve_user(spec, kind, task_id)
+        if isinstance(user, FailureInfo):
+            return None, user
+        try:
+            argv = split_command(spec.command_line)
+        except ValueError as exc:
+            return None, FailureInfo.user("CommandLaunchFailed", "The command line could not be parsed",
+                                          Message=f"commandLine: {exc}")
+        ctx = TaskContext(kind=kind, job_id=job_id, task_id=task_id, attempt=attempt, spec=spec, job=job,
+                          layout=self.layout, dirs=dirs, user=user,
+                          env=self._environment(spec, job, kind, job_id, task_id, dirs, user),
+                          argv=argv, config=self.config, log=log, progress=self.progress)
+        wall_clock_failure = FailureInfo.server(
+            self.config.tasks.wall_clock_failure_code,
+            "The task ran longer than its maxWallClockTime and was terminated",
+            Message=f"maxWallClockTime {limits.wall_clock} expired")
+
+        try:
+            async with asyncio.timeout_at(_loop_deadline(deadline)):
+                for hook in self.prestart:
+                    failure = await hook.prestart(ctx)
+                    if failure is not None:
+                        log.info("pre-processing failed", hook=hook.name, code=failure.code)
+                        return None, failure
+        except TimeoutError:
+            return None, wall_clock_failure
+        if not ctx.argv and ctx.container is None:
+            return None, FailureInfo.user("CommandLaunchFailed", "The command line is empty",
+                                          Message="commandLine: give the program to run")
+
+        runner = self.runners["container" if ctx.container is not None else "process"]
+        request = RunRequest(job_id=job_id, task_id=task_id, attempt=attempt, argv=ctx.argv, env=ctx.env,
+                             cwd=dirs.wd, stdout=dirs.stdout, stderr=dirs.stderr, user=user,
+                             container=ctx.container)
+        started = await runner.start(request)
+        if isinstance(started, FailureInfo):
+            return None, started
+        if self.on_handle:
+            self.on_handle(job_id, task_id, started)
+        ended_by: FailureInfo | None = None
+        try:
+            result = await self._wait(runner, started, deadline, stop)
+            if result is None:
+                ended_by = wall_clock_failure if not stop.is_set() else FailureInfo.user(
+                    "TaskEnded", "Task was ended by user request.")
+                await runner.kill(started, self.config.tasks.kill_grace)
+                result = replace(await runner.wait(started), killed_by_agent=True)
+        finally:
+            await runner.cleanup(started)
+            if self.on_handle:
+                self.on_handle(job_id, task_id, None)
+        upload_failure: FailureInfo | None = None
+        for exited_hook in self.exited:
+            failure = await exited_hook.exited(ctx, result)
+            upload_failure = upload_failure or failure
+        return result, ended_by or upload_failure
+
+    async def _wait(self, runner: Runner, handle: RunHandle, deadline: float | None,
+                    stop: asyncio.Event) -> ExitResult | None:
+        """The exit result, or None when the wall clock expired or a terminate was asked."""
+        async with asyncio.TaskGroup() as group:
+            waiter = group.create_task(runner.wait(handle))
+            stopper = group.create_task(stop.wait())
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait({waiter, stopper}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                stopper.cancel()
+                return waiter.result()
+            waiter.cancel()
+            stopper.cancel()
+        return None
+
+    def _environment(self, spec: TaskBase, job: JobSpec | None, kind: str, job_id: str, task_id: str,
+                     dirs: TaskDirs, user: TaskUser) -> dict[str, str]:
+        prep = job.job_preparation_task if job else None
+        request = TaskEnvRequest(
+            kind=kind, job_id=job_id, task_id=task_id, dirs=dirs, user=user,
+            prep_dirs=self.layout.task(job_id, prep.id) if prep else None,
+            common=tuple(job.common_environment_settings or ()) if job else (),
+            settings=tuple(spec.environment_settings or ()),
+        )
+        return task_environment(self.node, self.layout, request)
+
+
+def _loop_deadline(deadline: float | None) -> float | None:
+    """Convert a time.monotonic() deadline to the event loop's clock."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    """A job run through ``run --job``: prep, the task, release, and the job's end state."""
+
+    job_id: str
+    task: TaskOutcome | None
+    preparation: TaskOutcome | None = None
+    release: TaskOutcome | None = None
+    job_state: JobState = JobState.ACTIVE
+    terminate_reason: str | None = None
+    preparation_blocked: bool = False   # prep failed with waitForSuccess: the task never ran
+
+    def start_time(self) -> datetime | None:
+        return self.task.status.execution_info.start_time if self.task else None
+
+
+def special_task_info(outcome: TaskOutcome, *, retries: bool) -> dict[str, Any]:
+    """jobPreparationTaskExecutionInfo / jobReleaseTaskExecutionInfo in Batch's shape."""
+    info = outcome.status.execution_info.to_json()
+    info.pop("requeueCount", None)
+    if not retries:
+        info.pop("retryCount", None)
+        info.pop("lastRetryTime", None)
+    node = outcome.status.node_info
+    out: dict[str, Any] = {"state": str(outcome.status.state), **info}
+    if node is not None:
+        out["taskRootDirectory"] = node.task_root_directory
+        if node.task_root_directory_url:
+            out["taskRootDirectoryUrl"] = node.task_root_directory_url
+    return out
+
+
+async def run_job_task(runner: TaskRunner, task: TaskSpec, *, job_id: str, job: JobSpec | None) -> JobOutcome:
+    """Prep (waitForSuccess semantics) -> the task -> release, as Batch would on one node (§9)."""
+    outcome = JobOutcome(job_id, None)
+    prep = job.job_preparation_task if job else None
+    if prep is not None:
+        outcome.preparation = await runner.run(prep, job_id=job_id, job=job, kind=JOB_PREPARATION,
+                                               task_id=prep.id)
+        failed = outcome.preparation.status.execution_info.failure_info is not None
+        if failed and prep.wait_for_success:
+            outcome.preparation_blocked = True
+    if not outcome.preparation_blocked:
+        outcome.task = await runner.run(task, job_id=job_id, job=job, kind=TASK)
+        outcome.job_state = outcome.task.job_state
+        outcome.terminate_reason = outcome.task.terminate_reason
+    release = job.job_release_task if job else None
+    if release is not None and outcome.preparation is not None:
+        outcome.release = await runner.run(release, job_id=job_id, job=job, kind=JOB_RELEASE,
+                                           task_id=release.id)
+    return outcome
