@@ -1,0 +1,56 @@
+"""2 GiB of stdout through `batch-agent run` against `sh -c 'cmd > file'`.
+
+The agent hands the task a file descriptor of stdout.txt: no Python in the data path, so the
+throughput ratio should be close to 1.0 (aim: >= 0.95).
+
+    python bench/bench_stdout.py [--gib 2] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+from pathlib import Path
+
+from _common import median, report, run_agent_task, timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gib", type=float, default=2.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    size = int(args.gib * 1024**3)
+    producer = f"head -c {size} /dev/zero"
+    with tempfile.TemporaryDirectory(prefix="bench-stdout-", dir="/var/tmp") as tmp:
+        root = Path(tmp) / "root"
+        out = Path(tmp) / "baseline.txt"
+        task = {"id": "bigout", "commandLine": producer}
+
+        def agent() -> None:
+            result = run_agent_task(task, root)
+            stdout = root / "workitems/local/job-1/bigout/stdout.txt"
+            assert result["task"]["executionInfo"]["exitCode"] == 0, result  # type: ignore[index]
+            assert stdout.stat().st_size == size, stdout.stat().st_size
+
+        def baseline() -> None:
+            subprocess.run(["sh", "-c", f"{producer} > {out}"], check=True)
+            assert out.stat().st_size == size
+
+        agent()  # warm up (users, dirs, page cache)
+        times_agent, times_base = [], []
+        for _ in range(args.runs):  # interleave so both see the same machine state
+            times_base += timed(baseline, 1)
+            times_agent += timed(agent, 1)
+    gib = size / 1024**3
+    report(f"{gib:g} GiB of stdout", [
+        ("sh -c 'cmd > file' (median)", median(times_base), "s"),
+        ("batch-agent run (median)", median(times_agent), "s"),
+        ("baseline throughput", gib / median(times_base), "GiB/s"),
+        ("batch-agent throughput", gib / median(times_agent), "GiB/s"),
+    ], "throughput ratio agent / baseline", median(times_base) / median(times_agent), ">= 0.95")
+
+
+if __name__ == "__main__":
+    main()
