@@ -1,0 +1,41 @@
+"""``resourceFiles`` in (§4): a prestart hook that downloads them into the working directory.
+
+The transfer code lives in ``agent.staging``; this hook only wires a task attempt to it. It
+imports ``agent.staging`` (and through it httpx) when a task has resource files, so tasks without
+storage import nothing heavy. The transport is built per attempt from ``[storage]`` and closed
+when the downloads end. A failure comes back as a value: the command does not run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.lifecycle import TaskContext
+from agent.status import FailureInfo
+
+if TYPE_CHECKING:
+    from agent.staging import Progress  # noqa: F401 - the protocol ctx.progress must satisfy
+
+
+class ResourceFilesHook:
+    name = "resources"
+    handles: frozenset[str] = frozenset({"resourceFiles"})
+
+    async def prestart(self, ctx: TaskContext) -> FailureInfo | None:
+        files = ctx.spec.resource_files or []
+        if not files:
+            return None
+        from agent.blob import BlobTransport
+        from agent.staging import stage_resource_files, transport_config
+
+        async with BlobTransport(transport_config(ctx.config.storage)) as transport:
+            result = await stage_resource_files(files, ctx.dirs.wd, user=ctx.user, transport=transport,
+                                                storage=ctx.config.storage, progress=ctx.progress)
+        if isinstance(result, FailureInfo):
+            ctx.log.info("resource files failed", code=result.code)
+            return result
+        ctx.notes["resource_files"] = {"files": result.files, "bytes": result.bytes,
+                                       "seconds": round(result.seconds, 3)}
+        ctx.log.info("resource files downloaded", files=result.files, bytes=result.bytes,
+                     seconds=round(result.seconds, 3))
+        return None
