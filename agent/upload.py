@@ -1,0 +1,375 @@
+"""Output files out (semantics doc §7): match, name, upload, and log like the node agent.
+
+Owns: choosing the ``outputFiles`` entries whose ``uploadCondition`` fits the exit code,
+resolving each ``filePattern`` with the TASK's environment, naming blobs (``agent.patterns``),
+uploading with bounded concurrency through ``agent.blob.BlobTransport`` (which retries transient
+errors), ``fileuploadout.txt`` / ``fileuploaderr.txt`` in the task dir, and the ``FileUpload*``
+failure value (§7.5). Must not: raise for a task's failure, render a URL except through
+``agent.redact`` (the logs never hold a SAS signature), or read a file the task user could not.
+
+Reading with the task user's rights. When the agent is root and the task ran as another,
+non-elevated user, files are opened by a helper process that lives for one upload phase: a fresh
+``python -I -S`` (exec'd as root, since the interpreter may sit where the task user cannot exec
+it) that first calls ``setgroups`` (root's groups are dropped), ``setgid`` and ``setuid`` to the
+task user's ids, reports its euid, and only then serves requests: absolute paths come in over a
+``SOCK_SEQPACKET`` socketpair, it opens each ``O_RDONLY | O_NONBLOCK`` and sends the fd back with
+``SCM_RIGHTS``. The kernel thus checks every directory, every symlink and the target with the
+task user's credentials: a link a nonadmin task planted to a root-only file gives ``EACCES`` and
+fails the upload instead of leaking the file. Having changed ids from root, the helper is not
+dumpable, so the task user cannot ptrace it. The agent checks that each fd it gets is a regular
+file. (Written by hand: Python has no ``setfsuid``; ``os.access`` then ``open`` would race a
+task process swapping a link in between, and ``fork`` without ``exec`` is unsafe in a threaded
+asyncio process.) Otherwise the agent's own rights are the task's; it opens the file itself.
+
+Log files are written with ``O_CREAT | O_EXCL | O_NOFOLLOW`` relative to the task dir's fd after
+unlinking the old name, so a link or hard link the task planted there is replaced, never written
+through; they are owned by the task user and mode 0644.
+
+Choices where Batch is silent (UNCONFIRMED): a pattern that matches nothing (literal or not) is
+logged, not an error; an unreadable file fails the upload (UserError, ``FileUploadMiscError``);
+the first failure stops the remaining uploads; upload logs are written whenever the task has
+``outputFiles``, even if no condition matched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import locale
+import os
+import pwd
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from agent.blob import BlobError, BlobTransport, blob_headers, upload_failure
+from agent.patterns import MatchedFile, ResolvedPattern, blob_name, match_files, resolve_pattern
+from agent.redact import redact_text, redact_url
+from agent.runner import TaskUser
+from agent.spec import OutputFile
+from agent.status import ErrorCategory, FailureInfo, NameValue
+
+_HELPER = """\
+import os, socket, sys
+s = socket.socket(fileno=int(sys.argv[1]))
+os.setgroups([int(g) for g in sys.argv[4].split(",") if g])
+os.setgid(int(sys.argv[3]))
+os.setuid(int(sys.argv[2]))
+s.send(b"R%d" % os.geteuid())
+while True:
+    path = s.recv(65536)
+    if not path:
+        break
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        s.send(b"E%d" % e.errno)
+        continue
+    try:
+        socket.send_fds(s, [b"K"], [fd])
+    finally:
+        os.close(fd)
+"""
+# UPLOADER's fileuploaderr.txt codes, by HTTP status (§7.4).
+_ERR_CODES = {400: "InternalError", 500: "InternalError", 503: "InternalError",
+              401: "AuthenticationFailed", 403: "AuthenticationFailed", 404: "ContainerNotFound",
+              409: "Conflict", 412: "PreconditionFailed"}
+
+
+class Progress(Protocol):
+    def add(self, total_bytes: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    files: int
+    bytes: int
+    seconds: float
+
+
+def _primary_gid(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid
+
+
+def condition_matches(condition: str, exit_code: int) -> bool:
+    """``uploadCondition`` against the process exit code (§7.1)."""
+    if condition == "tasksuccess":
+        return exit_code == 0
+    if condition == "taskfailure":
+        return exit_code != 0
+    return True
+
+
+class FileOpener:
+    """Opens files with the task user's rights (see the module docstring). An async context manager."""
+
+    def __init__(self, user: TaskUser) -> None:
+        self.user = user
+        self.helper = (os.geteuid() == 0 and user.uid not in (None, 0) and not user.elevated)
+        self._sock: socket.socket | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = threading.Lock()
+
+    async def __aenter__(self) -> FileOpener:
+        if not self.helper:
+            return self
+        uid = self.user.uid
+        assert uid is not None
+        gid = self.user.gid if self.user.gid is not None else _primary_gid(uid)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            # Started as root (the interpreter may live where the task user cannot exec it); it
+            # drops to the task user's ids before it reads a single request, and says so.
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", "-c", _HELPER, str(child.fileno()), str(uid), str(gid),
+                ",".join(str(g) for g in self.user.groups), pass_fds=(child.fileno(),), cwd="/", env={},
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            child.close()
+            ready = await asyncio.to_thread(parent.recv, 64)
+            if ready != b"R%d" % uid:
+                raise OSError(errno.EPERM, "the file-reading helper could not switch to the task user")
+        except BaseException:
+            parent.close()
+            child.close()
+            if self._proc is not None:
+                await self._proc.wait()
+            raise
+        self._sock = parent
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._sock is not None:
+            self._sock.close()          # EOF: the helper leaves its loop
+        if self._proc is not None:
+            await self._proc.wait()
+
+    def _via_helper(self, path: Path) -> int:
+        assert self._sock is not None
+        with self._lock:
+            self._sock.send(os.fsencode(path))
+            msg, fds, _, _ = socket.recv_fds(self._sock, 64, 1)
+        if fds and msg == b"K":
+            return fds[0]
+        for fd in fds:
+            os.close(fd)
+        code = int(msg[1:]) if msg.startswith(b"E") and msg[1:].isdigit() else errno.EIO
+        raise OSError(code, os.strerror(code), str(path))
+
+    async def open(self, path: Path) -> int:
+        """A read-only fd of the regular file ``path`` (symlinks followed with the user's rights)."""
+        if self.helper:
+            fd = await asyncio.to_thread(self._via_helper, path)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return fd
+
+
+class UploadLog:
+    """``fileuploadout.txt`` (timestamped lines) and ``fileuploaderr.txt`` (JSON on failure)."""
+
+    def __init__(self, task_dir: Path, owner: tuple[int, int] | None) -> None:
+        self._dir = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._owner = owner
+        self._out = self._create("fileuploadout.txt")
+
+    def _create(self, name: str) -> int:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self._dir)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=self._dir)
+        os.fchmod(fd, 0o644)
+        if self._owner:
+            os.fchown(fd, *self._owner)
+        return fd
+
+    def line(self, message: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        os.write(self._out, f"{stamp} {redact_text(message)}\n".encode(errors="surrogateescape"))
+
+    def close(self, error: Mapping[str, object] | None) -> None:
+        try:
+            fd = self._create("fileuploaderr.txt")
+            if error is not None:
+                os.write(fd, (redact_text(json.dumps(error)) + "\n").encode())
+            os.close(fd)
+        finally:
+            os.close(self._out)
+            os.close(self._dir)
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    output: OutputFile
+    resolved: ResolvedPattern
+    match: MatchedFile
+    blob: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    failure: FailureInfo
+    report: dict[str, object]          # the fileuploaderr.txt object
+
+
+def _failed(failure: FailureInfo, err: BlobError | None, pattern: str, file: str | None,
+            container_url: str) -> _Failed:
+    code = _ERR_CODES.get(err.status or 0, "UnknownError") if err is not None else "UnknownError"
+    return _Failed(failure, {"code": code, "user_error": failure.category == ErrorCategory.USER,
+                             "pattern": pattern, "file": file, "destination": redact_url(container_url),
+                             "message": failure.message})
+
+
+async def upload_outputs(outputs: Sequence[OutputFile], *, exit_code: int, wd: Path, task_dir: Path,
+                         env: Mapping[str, str], user: TaskUser, transport: BlobTransport, concurrency: int,
+                         progress: Progress | None = None) -> UploadResult | FailureInfo:
+    """Upload the output files of an attempt that exited with ``exit_code``; log as Batch does."""
+    started = time.monotonic()
+    owner = (user.uid, user.gid if user.gid is not None else -1) \
+        if user.uid is not None and os.geteuid() == 0 else None
+    log = UploadLog(task_dir, owner)
+    error: dict[str, object] | None = None
+    try:
+        log.line(f"System default encoding={sys.getdefaultencoding()}, filesystem encoding="
+                 f"{sys.getfilesystemencoding()}, "
+                 f"default locale encoding={locale.getpreferredencoding(False)}")
+        result = await _upload(outputs, exit_code, wd, env, user, transport, concurrency, progress, log)
+        if isinstance(result, _Failed):
+            error = result.report
+            log.line(f"Upload failed: {result.failure.code}: {result.failure.message}")
+            return result.failure
+        log.line("Done uploading, exiting...")
+        return UploadResult(result[0], result[1], time.monotonic() - started)
+    finally:
+        log.close(error)
+
+
+async def _upload(outputs: Sequence[OutputFile], exit_code: int, wd: Path, env: Mapping[str, str],
+                  user: TaskUser, transport: BlobTransport, concurrency: int, progress: Progress | None,
+                  log: UploadLog) -> tuple[int, int] | _Failed:
+    chosen = [o for o in outputs if condition_matches(o.upload_options.upload_condition, exit_code)]
+    for skipped in (o for o in outputs if o not in chosen):
+        log.line(f"Skipping pattern {skipped.file_pattern}: uploadCondition "
+                 f"{skipped.upload_options.upload_condition} does not match exit code {exit_code}")
+    headers: dict[int, dict[str, str]] = {}
+    for i, out in enumerate(chosen):
+        dest = out.destination.container
+        found = _destination_problem(out)
+        if found is not None:
+            return _failed(found, None, out.file_pattern, None, dest.container_url)
+        headers[i] = {h.name: h.value or "" for h in dest.upload_headers or ()}
+    resolved = [resolve_pattern(o.file_pattern, wd, env) for o in chosen]
+    log.line("Resolved mappings: [" + ", ".join(
+        f"[Resolved mapping - base_path: {r.base_path}, full_pattern: {r.full_pattern}, original_pattern: "
+        f"{r.original},  destination: {o.destination.container.path or ''}]"
+        for r, o in zip(resolved, chosen, strict=True)) + "]")
+    items: list[tuple[int, _Item]] = []
+    for i, (out, res) in enumerate(zip(chosen, resolved, strict=True)):
+        log.line(f"Uploading all files matching pattern {res.full_pattern}")
+        matches = await asyncio.to_thread(match_files, res)
+        if not matches:
+            log.line(f"No file matches pattern {res.full_pattern}")
+        items += [(i, _Item(out, res, m, blob_name(res, m, out.destination.container.path))) for m in matches]
+    totals = [0, 0]
+    failed: list[_Failed] = []
+    async with FileOpener(user) as opener:
+        def job(i: int, item: _Item) -> Callable[[], Awaitable[FailureInfo | None]]:
+            async def go() -> FailureInfo | None:
+                got = await _one(item, headers[i], opener, transport, log)
+                if isinstance(got, _Failed):
+                    failed.append(got)
+                    return got.failure
+                totals[0] += 1
+                totals[1] += got
+                if progress is not None:
+                    progress.add(got)
+                    progress.advance(got)
+                return None
+            return go
+
+        await _bounded([job(i, item) for i, item in items], concurrency)
+    if failed:
+        return failed[0]
+    return totals[0], totals[1]
+
+
+def _destination_problem(out: OutputFile) -> FailureInfo | None:
+    dest = out.destination.container
+    if dest.identity_reference is not None:
+        return FailureInfo.user(
+            "FileUploadAccessDenied", "identityReference (a managed identity of the pool) cannot be used by "
+            "batch-agent: this node has no Azure managed identity endpoint and azure-identity is not "
+            "installed. Give a container URL with a SAS that allows writes.",
+            Pattern=out.file_pattern, ContainerUrl=redact_url(dest.container_url))
+    try:
+        blob_headers({h.name: h.value or "" for h in dest.upload_headers or ()})
+    except ValueError as exc:
+        return FailureInfo.user("FileUploadMiscError", "An uploadHeaders entry cannot be used",
+                                Message=str(exc), Pattern=out.file_pattern)
+    return None
+
+
+async def _one(item: _Item, headers: Mapping[str, str], opener: FileOpener, transport: BlobTransport,
+               log: UploadLog) -> int | _Failed:
+    dest = item.output.destination.container
+    path = str(item.match.path)
+    started = time.monotonic()
+    log.line(f"Uploading file: {path} to container: {redact_url(dest.container_url)} blob: {item.blob}")
+    try:
+        fd = await opener.open(item.match.path)
+    except OSError as exc:
+        failure = FailureInfo.user("FileUploadMiscError", "An output file could not be read with the task "
+                                   "user's rights", Message=exc.strerror or str(exc), FilePath=path,
+                                   Pattern=item.output.file_pattern)
+        return _failed(failure, None, item.output.file_pattern, path, dest.container_url)
+    try:
+        size = await transport.upload(dest.container_url, item.blob, fd, headers=headers)
+    except BlobError as err:
+        base = upload_failure(err, file_path=path)
+        failure = replace(base, details=(*base.details,
+                                         NameValue("ContainerUrl", redact_url(dest.container_url))))
+        return _failed(failure, err, item.output.file_pattern, path, dest.container_url)
+    finally:
+        os.close(fd)
+    log.line(f"Upload of {path} done in {time.monotonic() - started:.3f}s ({size} bytes)")
+    return size
+
+
+class _Stop(Exception):
+    """Leaves the TaskGroup at the first failure, cancelling the uploads still running."""
+
+
+async def _bounded(jobs: Sequence[Callable[[], Awaitable[FailureInfo | None]]], limit: int) -> None:
+    """At most ``limit`` jobs at a time; the first failure cancels the ones still running."""
+    sem = asyncio.Semaphore(max(1, limit))
+
+    async def one(job: Callable[[], Awaitable[FailureInfo | None]]) -> None:
+        async with sem:
+            if await job() is not None:
+                raise _Stop
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for job in jobs:
+                group.create_task(one(job))
+    except* _Stop:
+        pass
