@@ -140,7 +140,7 @@ def test_unsupported_field_fails_naming_it(agent: Any) -> None:
 
 
 def test_wall_clock_kills_the_whole_tree(agent: Any, node_root: Path) -> None:
-    pids = node_root / "pids.txt"
+    pids = node_root / "shared" / "pids.txt"
     script = (f"trap '' TERM; setsid sh -c 'trap \"\" TERM; echo $$ >> {pids}; exec sleep 300' & "
               f"(sh -c 'echo $$ >> {pids}; exec sleep 300' &) ; echo $$ >> {pids}; "
               "while :; do sleep 1; done")

@@ -35,8 +35,9 @@ def parse_duration(text: str) -> timedelta | None:
     parts = match.groupdict()
     weeks, days, hours, minutes = (int(parts[k] or 0) for k in ("w", "d", "h", "m"))
     seconds = float((parts["s"] or "0").replace(",", "."))
-    total_days = weeks * 7 + days + (hours * 3600 + minutes * 60 + seconds) / 86400
-    if total_days >= _UNLIMITED_DAYS:
+    # Whole seconds in int arithmetic first: a huge field must mean unlimited, not overflow a float.
+    whole = ((weeks * 7 + days) * 24 + hours) * 3600 + minutes * 60
+    if whole >= _UNLIMITED_DAYS * 86400 or whole + seconds >= _UNLIMITED_DAYS * 86400:
         return None
     try:
         return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
@@ -48,7 +49,7 @@ def format_duration(value: timedelta | None) -> str:
     """The shortest ISO 8601 form (``PT1H30M``, ``P7D``, ``PT0S``); ``None`` is unlimited."""
     if value is None:
         return UNLIMITED_TEXT
-    total_us = round(value.total_seconds() * 1_000_000)
+    total_us = value // timedelta(microseconds=1)  # exact; total_seconds() is a float and drops µs
     days, rest_us = divmod(total_us, 86_400_000_000)
     hours, rest_us = divmod(rest_us, 3_600_000_000)
     minutes, rest_us = divmod(rest_us, 60_000_000)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from agent.spec.base import BatchModel, CaseEnum, Duration
@@ -114,16 +114,22 @@ class JobSpec(BatchModel):
 
     _check_id = field_validator("id")(classmethod(lambda cls, v: check_id(v)))
 
-    @model_validator(mode="after")
-    def _distinct_ids(self) -> JobSpec:
-        prep, release = self.job_preparation_task, self.job_release_task
-        if prep and release and prep.id.casefold() == release.id.casefold():
-            raise PydanticCustomError("same_id", "jobPreparationTask and jobReleaseTask need different ids")
-        if release and not prep:
+    # A field validator (not a model one) so the error's path is ``jobReleaseTask``.
+    @field_validator("job_release_task")
+    @classmethod
+    def _release_needs_prep(cls, release: JobReleaseTask | None,
+                            info: ValidationInfo) -> JobReleaseTask | None:
+        if release is None or "job_preparation_task" not in info.data:  # an invalid prep is reported already
+            return release
+        prep = info.data["job_preparation_task"]
+        if prep is None:
             raise PydanticCustomError(
                 "release_without_prep", "jobReleaseTask needs a jobPreparationTask: Batch runs the release "
                 "task only on nodes where the preparation task ran")
-        return self
+        if prep.id.casefold() == release.id.casefold():
+            raise PydanticCustomError("same_id", "jobPreparationTask and jobReleaseTask need different ids "
+                                      "(both are {id})", {"id": repr(release.id)})
+        return release
 
     @property
     def task_failure_mode(self) -> str:
@@ -140,13 +146,14 @@ class TaskCollection(BatchModel):
 
     value: list[TaskSpec] = Field(min_length=1, max_length=100)
 
-    @model_validator(mode="after")
-    def _unique(self) -> TaskCollection:
-        seen: set[str] = set()
-        for task in self.value:
-            key = task.id.casefold()
-            if key in seen:
-                raise PydanticCustomError("duplicate_id", "task id {id!r} appears twice (ids are "
-                                          "case-insensitive within a job)", {"id": task.id})
-            seen.add(key)
-        return self
+    @field_validator("value")
+    @classmethod
+    def _unique(cls, value: list[TaskSpec]) -> list[TaskSpec]:
+        seen: dict[str, int] = {}
+        for i, task in enumerate(value):
+            first = seen.setdefault(task.id.casefold(), i)
+            if first != i:
+                raise PydanticCustomError(
+                    "duplicate_id", "value[{i}].id {id} repeats value[{first}].id (ids are case-insensitive "
+                    "within a job)", {"i": i, "first": first, "id": repr(task.id)})
+        return value

@@ -59,6 +59,8 @@ def parse_json(text: str, source: str = "<input>") -> Any:
                         source=source) from None
     except RecursionError:
         raise SpecError("JSON nested too deeply", source=source) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits (int_max_str_digits)
+        raise SpecError(f"not valid JSON: {exc}", source=source) from None
 
 
 def detect_kind(data: Any) -> Kind:

@@ -21,7 +21,7 @@ DEFAULT_RETENTION = timedelta(days=7)
 
 
 def check_id(value: str) -> str:
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):  # not match: '$' would accept a trailing newline
         raise PydanticCustomError("batch_id", "{got} is not a valid id; use " + ID_RULE,
                                   {"got": repr(value)})
     return value

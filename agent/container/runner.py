@@ -1,0 +1,367 @@
+"""The Docker runner (§8.3): create, attach, start, wait, stop/kill and remove one container.
+
+Owns: the shared engine client (``LazyClient``), the conversion of ``build``'s plain-dict mounts /
+device requests / ulimits to ``docker.types`` objects, streaming the container's stdout and
+stderr to ``stdout.txt`` / ``stderr.txt``, and the container's end state (``containerInfo``).
+Must not: pull images (``agent.container.image`` does, before start), decide names, mounts or
+users (``build``), or use the docker CLI.
+
+How (the engine facts are in ../shared/docs/test-infra.md §1):
+
+- ``attach(stream, logs, demux)`` is made BEFORE ``start``: made after, a container that exits
+  at once loses its output. A daemon thread writes the two demuxed streams to the two files as
+  they come (readable while the task runs), nothing buffered in between, no newline added.
+- A failed ``start`` (command not found, ...) is not an exception here: the engine leaves the
+  container ``created`` with an exit code (127 not found, 126 not executable) and
+  ``State.Error``; ``wait`` reports both, as ``docker run`` would.
+- ``wait`` blocks in a daemon thread, not the default executor: ``asyncio.run`` joins executor
+  threads at exit, and a container may run for days. The SDK's ``wait`` is called with no
+  timeout (with one, it raises ``requests.ConnectionError``); on a dropped connection it asks
+  again while the container still exists.
+- ``kill`` = ``docker stop`` with the grace period (SIGTERM, then SIGKILL by the engine), then
+  ``kill`` if it still runs. The exit code is docker's (137 after SIGKILL, 143 after an unhandled
+  SIGTERM), not a negative signal number.
+- ``cleanup`` removes the container (and its anonymous volumes) after ``--rm`` or after the
+  agent killed it; otherwise it is kept for inspection until the orphan sweep (``orphans``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from agent.config import DockerConfig
+from agent.container.build import LABEL_NODE_ROOT, LABEL_REMOVE
+from agent.container.orphans import LABEL_AGENT, agent_token
+from agent.errors import RunnerError
+from agent.logs import get_logger
+from agent.runner import ExitResult, RunHandle, RunRequest, TaskUser
+from agent.status import ContainerInfo, FailureInfo
+
+T = TypeVar("T")
+
+INVALID_SETTINGS = "At least one value of specified task container settings is invalid"
+
+
+class LazyClient:
+    """A ``docker.DockerClient`` created on first use and shared by the image hook, the runner and
+    the orphan sweep (creating one costs a round trip to the engine, and ``docker`` is imported
+    only then). Attribute access is forwarded: ``lazy.api.containers()`` works as on the client.
+    """
+
+    def __init__(self, factory: Callable[[], Any] | None = None) -> None:
+        self._factory = factory
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        """The client; raises ``docker.errors.DockerException`` when no engine answers. Blocks."""
+        with self._lock:
+            if self._client is None:
+                if self._factory is not None:
+                    self._client = self._factory()
+                else:
+                    import docker
+
+                    self._client = docker.from_env()
+            return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def resolve_client(client: Any) -> Any:
+    """A ``LazyClient`` or a ``docker.DockerClient`` -> the client itself."""
+    return client.get() if isinstance(client, LazyClient) else client
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What the runner holds for one started container until ``cleanup``."""
+
+    remove_after: bool
+    stream: Any = None                       # the attach stream (docker CancellableStream)
+    pump: threading.Thread | None = None
+    pump_error: list[BaseException] = field(default_factory=list)
+    killed: bool = False
+
+
+def _to_sdk(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``build``'s plain data -> what ``containers.create`` takes (Mount objects in particular)."""
+    from docker.types import DeviceRequest, Mount, Ulimit
+
+    out = dict(kwargs)
+    if out.get("mounts"):
+        out["mounts"] = [Mount(**m) for m in out["mounts"]]
+    if out.get("device_requests"):
+        out["device_requests"] = [DeviceRequest(**d) for d in out["device_requests"]]
+    if out.get("ulimits"):
+        out["ulimits"] = [Ulimit(**u) for u in out["ulimits"]]
+    return out
+
+
+def _open_output(path: Path, user: TaskUser) -> IO[bytes]:
+    handle = open(path, "wb")  # noqa: SIM115 - closed by the pump thread
+    if user.uid is not None and os.geteuid() == 0:
+        os.fchown(handle.fileno(), user.uid, user.gid if user.gid is not None else -1)
+    return handle
+
+
+def _pump(stream: Any, out: IO[bytes], err: IO[bytes], errors: list[BaseException]) -> None:
+    """Copy the demuxed attach stream to the two files, chunk by chunk, until it ends."""
+    try:
+        for chunk_out, chunk_err in stream:
+            if chunk_out:
+                out.write(chunk_out)
+                out.flush()
+            if chunk_err:
+                err.write(chunk_err)
+                err.flush()
+    except Exception as exc:  # reported by wait(); the thread must not die silently
+        errors.append(exc)
+    finally:
+        out.close()
+        err.close()
+
+
+async def _in_daemon_thread(fn: Callable[[], T]) -> T:
+    """Run a blocking call in a daemon thread: cancellable from asyncio, never joined at exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():       # the awaiting coroutine was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]  # result is a T when error is None
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+        # The loop may have closed while we waited: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="batch-agent-container-wait", daemon=True).start()
+    return await future
+
+
+def _create_failure(exc: Exception) -> FailureInfo:
+    from docker.errors import APIError, ImageNotFound
+
+    from agent.container.image import scrub
+
+    message = scrub(getattr(exc, "explanation", None) or str(exc))
+    if isinstance(exc, ImageNotFound):
+        return FailureInfo.user("ContainerInvalidImage", "The container image is not on the node",
+                                Message=message)
+    if isinstance(exc, TypeError | ValueError) or (
+            isinstance(exc, APIError) and exc.status_code is not None and 400 <= exc.status_code < 500):
+        return FailureInfo.user("ContainerInvalidSettings", INVALID_SETTINGS, Message=message)
+    return FailureInfo.server("ContainerMiscError", "The container could not be created", Message=message)
+
+
+class ContainerRunner:
+    """The ``Runner`` for requests with a ``ContainerRequest`` (kind ``"container"``)."""
+
+    def __init__(self, config: DockerConfig | None = None, *, client: Any = None) -> None:
+        """``config``: the agent's ``[docker]`` section (``build`` reads the network from it; the
+        stop grace is the task runner's ``kill`` argument). ``client``: a ``LazyClient`` or a
+        ``docker.DockerClient`` to share; by default a new ``LazyClient``."""
+        self.config = config or DockerConfig()
+        self.client: Any = client if client is not None else LazyClient()
+        self._attempts: dict[str, _Attempt] = {}
+        self._token: str | None = None
+
+    # --- start ---------------------------------------------------------------------------------
+
+    async def start(self, request: RunRequest) -> RunHandle | FailureInfo:
+        if request.container is None:
+            raise RunnerError("ContainerRunner.start needs a request with a container (RunRequest.container)")
+        from docker.errors import DockerException
+
+        try:
+            return await asyncio.to_thread(self._start, request)
+        except DockerException as exc:
+            return FailureInfo.server("ContainerMiscError", "The Docker engine did not answer",
+                                      Message=str(exc))
+
+    def _create(self, client: Any, image: str, kwargs: dict[str, Any]) -> str:
+        """Create; a stale container of ours with the same name (an earlier run) is replaced."""
+        from docker.errors import APIError, NotFound
+
+        try:
+            return str(client.containers.create(image, **_to_sdk(kwargs)).id)
+        except APIError as exc:
+            if exc.status_code != 409:
+                raise
+            try:
+                old = client.api.inspect_container(kwargs["name"])
+            except NotFound:
+                old = None
+            ours = old is not None and (old["Config"].get("Labels") or {}).get(LABEL_NODE_ROOT) == \
+                kwargs["labels"][LABEL_NODE_ROOT]
+            if old is None or not ours or old["State"].get("Running"):
+                raise RunnerError(f"a container named {kwargs['name']} already exists and "
+                                  f"{'runs' if ours else 'is not ours'}: is the task running elsewhere?") \
+                    from None
+            client.api.remove_container(old["Id"], v=True, force=True)
+            return str(client.containers.create(image, **_to_sdk(kwargs)).id)
+
+    def _start(self, request: RunRequest) -> RunHandle | FailureInfo:
+        from docker.errors import APIError, DockerException
+
+        container = request.container
+        assert container is not None
+        client = resolve_client(self.client)
+        if self._token is None:
+            self._token = agent_token()
+        kwargs = dict(container.create_kwargs)
+        kwargs["labels"] = {**kwargs.get("labels", {}), LABEL_AGENT: self._token}
+        log = get_logger(job_id=request.job_id, task_id=request.task_id, attempt=request.attempt)
+        try:
+            container_id = self._create(client, container.image, kwargs)
+        except RunnerError as exc:
+            return FailureInfo.server("ContainerMiscError", "The container could not be created",
+                                      Message=str(exc))
+        except (DockerException, TypeError, ValueError) as exc:
+            return _create_failure(exc)
+        attempt = _Attempt(remove_after=container.remove_after)
+        self._attempts[container_id] = attempt
+        out = _open_output(request.stdout, request.user)
+        err = _open_output(request.stderr, request.user)
+        try:
+            attempt.stream = client.api.attach(container_id, stdout=True, stderr=True, stream=True,
+                                               logs=True, demux=True)
+        except BaseException:
+            out.close()
+            err.close()
+            raise
+        attempt.pump = threading.Thread(target=_pump, args=(attempt.stream, out, err, attempt.pump_error),
+                                         name=f"batch-agent-logs-{container_id[:12]}", daemon=True)
+        attempt.pump.start()
+        try:
+            client.api.start(container_id)
+        except APIError as exc:
+            # The engine keeps the error and an exit code in the container's state; wait() reports.
+            log.info("container start failed", container_id=container_id[:12], error=exc.explanation)
+            _close_stream(attempt)
+        log.info("container started", container_id=container_id[:12], image=container.image)
+        return RunHandle(kind="container", container_id=container_id)
+
+    # --- wait ----------------------------------------------------------------------------------
+
+    async def wait(self, handle: RunHandle) -> ExitResult:
+        container_id = _container_id(handle)
+        return await _in_daemon_thread(lambda: self._wait(container_id))
+
+    def _wait(self, container_id: str) -> ExitResult:
+        import requests
+        from docker.errors import NotFound
+
+        client = resolve_client(self.client)
+        while True:
+            try:
+                status = client.api.wait(container_id, timeout=None)
+                break
+            except requests.exceptions.ConnectionError:
+                client.api.inspect_container(container_id)  # gone / engine down: raise from here
+        attempt = self._attempts.get(container_id)
+        if attempt is not None and attempt.pump is not None:
+            attempt.pump.join()
+            if attempt.pump_error:
+                get_logger(container_id=container_id[:12]).warning(
+                    "container output stream broke", error=repr(attempt.pump_error[0]))
+        try:
+            state = client.api.inspect_container(container_id)["State"]
+        except NotFound:
+            state = {"Status": "removed", "Error": ""}
+        return ExitResult(exit_code=int(status["StatusCode"]),
+                          container_info=ContainerInfo(container_id, state.get("Status"),
+                                                       state.get("Error") or None))
+
+    # --- kill / cleanup ------------------------------------------------------------------------
+
+    async def kill(self, handle: RunHandle, grace: float) -> None:
+        container_id = _container_id(handle)
+        attempt = self._attempts.get(container_id)
+        if attempt is not None:
+            attempt.killed = True
+        await asyncio.to_thread(self._kill, container_id, grace)
+
+    def _kill(self, container_id: str, grace: float) -> None:
+        from docker.errors import APIError, NotFound
+
+        client = resolve_client(self.client)
+        try:
+            client.api.stop(container_id, timeout=max(0, math.ceil(grace)))
+            if client.api.inspect_container(container_id)["State"].get("Running"):
+                client.api.kill(container_id)
+        except NotFound:
+            return
+        except APIError as exc:
+            if exc.status_code != 409:  # 409: it is not running any more
+                raise
+
+    async def cleanup(self, handle: RunHandle) -> None:
+        container_id = _container_id(handle)
+        attempt = self._attempts.pop(container_id, None)
+        await asyncio.to_thread(self._cleanup, container_id, attempt)
+
+    def _cleanup(self, container_id: str, attempt: _Attempt | None) -> None:
+        from docker.errors import NotFound
+
+        client = resolve_client(self.client)
+        if attempt is not None:
+            _close_stream(attempt)
+            remove = attempt.remove_after or attempt.killed
+        else:  # after an agent restart: the label remembers --rm
+            try:
+                labels = client.api.inspect_container(container_id)["Config"].get("Labels") or {}
+            except NotFound:
+                return
+            remove = labels.get(LABEL_REMOVE) == "true"
+        if remove:
+            with contextlib.suppress(NotFound):
+                client.api.remove_container(container_id, v=True, force=True)
+
+
+def _close_stream(attempt: _Attempt) -> None:
+    """Close the attach stream for good. ``CancellableStream.close`` shuts the socket down (which
+    unblocks a reader) but leaves the response holding its file descriptor, so the response is
+    closed as well (a private attribute of docker-py: there is no public way)."""
+    stream = attempt.stream
+    if stream is None:
+        return
+    if attempt.pump is not None and attempt.pump.is_alive():
+        stream.close()
+    response = getattr(stream, "_response", None)
+    if response is not None:
+        with contextlib.suppress(OSError, ValueError):
+            response.close()
+    attempt.stream = None
+
+
+def _container_id(handle: RunHandle) -> str:
+    if handle.kind != "container" or not handle.container_id:
+        raise RunnerError(f"ContainerRunner got a {handle.kind} handle without a container id")
+    return handle.container_id

@@ -1,0 +1,349 @@
+"""Storage throughput: batch-agent's resource-file and output-file paths against raw httpx and
+the azure-storage-blob SDK's defaults, all measured in one run against a running Azurite.
+
+    . /tmp/batch-agent-infra/env.sh   # or export AZURITE_BLOB_URL / AZURITE_ACCOUNT / AZURITE_KEY
+    .venv/bin/python bench/bench_storage.py [--large-mb 200] [--small 1000] [--small-kb 10] [--rounds 3]
+
+Starts nothing: it needs Azurite up (``scripts/infra-up.sh``). Cases:
+
+* large blob, each way: agent (``stage_resource_files`` with one ``httpUrl`` / ``upload_outputs``
+  with one literal pattern) vs raw httpx (a streamed GET to a file; a single Put Blob with
+  Content-Length, 4 MiB body pieces) vs the SDK's defaults (``download_blob().readinto``,
+  ``upload_blob``).
+* many small blobs, each way: agent (a container listing + downloads; a ``*`` pattern) vs the
+  SDK sequential, the SDK on 8 threads and httpx sequential. Every small-download case lists the
+  container first, as the agent must.
+* as root, the agent's upload as a nonadmin task user (files read through the setuid helper).
+
+Each case runs ``--rounds`` times, interleaved; the best round counts (2 shared cores make single
+rounds noisy). Ratios: agent / raw httpx for the large blob (aim >= 0.9); agent / best baseline
+for small files (aim >= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas  # noqa: E402
+
+from agent.blob import BlobTransport, blob_url  # noqa: E402
+from agent.config import StorageConfig  # noqa: E402
+from agent.runner import TaskUser  # noqa: E402
+from agent.spec import OutputFile, ResourceFile  # noqa: E402
+from agent.staging import StagingResult, stage_resource_files, transport_config  # noqa: E402
+from agent.upload import UploadResult, upload_outputs  # noqa: E402
+
+MiB = 1024 * 1024
+ME = TaskUser("agent", None, None)
+
+
+def azurite_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.startswith("AZURITE_")}
+    path = Path(os.environ.get("INFRA_DIR", "/tmp/batch-agent-infra")) / "env.sh"
+    if "AZURITE_BLOB_URL" not in env and path.is_file():
+        for line in path.read_text().splitlines():
+            words = shlex.split(line, comments=True)
+            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+                key, value = words[1].split("=", 1)
+                env.setdefault(key, value)
+    missing = [k for k in ("AZURITE_BLOB_URL", "AZURITE_ACCOUNT", "AZURITE_KEY") if k not in env]
+    if missing:
+        raise SystemExit(f"Azurite is not configured ({', '.join(missing)} missing): run scripts/infra-up.sh")
+    return env
+
+
+class Bench:
+    def __init__(self, env: dict[str, str], work: Path) -> None:
+        self.account, self.key, self.endpoint = env["AZURITE_ACCOUNT"], env["AZURITE_KEY"], env["AZURITE_BLOB_URL"]
+        conn = (f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
+                f"BlobEndpoint={self.endpoint};")
+        self.svc = BlobServiceClient.from_connection_string(conn)
+        self.work = work
+        self.containers: list[str] = []
+        self.storage = StorageConfig(concurrency=8, backoff=0.0)
+
+    def container(self) -> tuple[str, str]:
+        name = f"bench-{uuid.uuid4().hex[:10]}"
+        self.svc.create_container(name)
+        self.containers.append(name)
+        sas = generate_container_sas(self.account, name, account_key=self.key,
+                                     permission=ContainerSasPermissions(read=True, write=True, create=True,
+                                                                        list=True, delete=True),
+                                     expiry=datetime.now(UTC) + timedelta(hours=2))
+        return name, f"{self.endpoint}/{name}?{sas}"
+
+    def cleanup(self) -> None:
+        for name in self.containers:
+            self.svc.delete_container(name)
+
+    def fresh_dir(self, label: str) -> Path:
+        path = self.work / f"{label}-{uuid.uuid4().hex[:6]}"
+        path.mkdir(parents=True)
+        os.chmod(path, 0o755)
+        return path
+
+    # --- agent ------------------------------------------------------------------------------------
+    async def _agent_download(self, files: list[ResourceFile], dest: Path) -> None:
+        async with BlobTransport(transport_config(self.storage)) as transport:
+            result = await stage_resource_files(files, dest, user=ME, transport=transport, storage=self.storage)
+        assert isinstance(result, StagingResult), result
+
+    def agent_download(self, files: list[ResourceFile], dest: Path) -> None:
+        asyncio.run(self._agent_download(files, dest))
+
+    async def _agent_upload(self, outputs: list[OutputFile], wd: Path, user: TaskUser) -> int:
+        task_dir = self.fresh_dir("updir")
+        if user.uid is not None:
+            os.chown(task_dir, user.uid, user.gid or -1)
+        async with BlobTransport(transport_config(self.storage)) as transport:
+            result = await upload_outputs(outputs, exit_code=0, wd=wd, task_dir=task_dir, env={}, user=user,
+                                          transport=transport, concurrency=self.storage.concurrency)
+        assert isinstance(result, UploadResult), result
+        return result.files
+
+    def agent_upload(self, outputs: list[OutputFile], wd: Path, user: TaskUser = ME) -> None:
+        asyncio.run(self._agent_upload(outputs, wd, user))
+
+
+def out(pattern: str, sas: str, path: str | None = None) -> OutputFile:
+    return OutputFile.model_validate({"filePattern": pattern, "destination": {"container": {
+        "containerUrl": sas, **({"path": path} if path else {})}}, "uploadOptions": {"uploadCondition":
+                                                                                     "taskcompletion"}})
+
+
+# --- baselines ------------------------------------------------------------------------------------
+
+def httpx_get(client: httpx.Client, url: str, dest: Path) -> None:
+    with client.stream("GET", url) as resp, open(dest, "wb") as f:
+        resp.raise_for_status()
+        for chunk in resp.iter_raw(MiB):
+            f.write(chunk)
+
+
+def httpx_put(client: httpx.Client, url: str, src: Path) -> None:
+    size = src.stat().st_size
+
+    def body() -> Any:
+        with open(src, "rb") as f:
+            while chunk := f.read(4 * MiB):
+                yield chunk
+
+    resp = client.put(url, content=body(), headers={"x-ms-blob-type": "BlockBlob", "Content-Length": str(size)})
+    resp.raise_for_status()
+
+
+def httpx_list(client: httpx.Client, sas: str, prefix: str) -> list[str]:
+    names: list[str] = []
+    marker = ""
+    while True:
+        query = urlencode({"restype": "container", "comp": "list", "prefix": prefix,
+                           **({"marker": marker} if marker else {})})
+        resp = client.get(f"{sas}&{query}")          # params= would drop the SAS query
+        resp.raise_for_status()
+        root = ET.fromstring(resp.content)
+        names += [n.text or "" for n in root.iterfind("Blobs/Blob/Name")]
+        marker = root.findtext("NextMarker") or ""
+        if not marker:
+            return names
+
+
+def best(times: list[float]) -> float:
+    return min(times)
+
+
+def run_rounds(cases: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            start = time.perf_counter()
+            case()
+            times[name].append(time.perf_counter() - start)
+    return {name: best(values) for name, values in times.items()}
+
+
+def nobody() -> TaskUser | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+    return TaskUser("nobody", entry.pw_uid, entry.pw_gid, (entry.pw_gid,))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--large-mb", type=int, default=200)
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--small-kb", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-storage-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    os.chmod(base, 0o755)
+    bench = Bench(azurite_env(), base)
+    try:
+        report(bench, args)
+    finally:
+        bench.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def report(bench: Bench, args: argparse.Namespace) -> None:
+    size = args.large_mb * MiB
+    src_dir = bench.fresh_dir("src")
+    big = src_dir / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(args.large_mb):
+            f.write(os.urandom(MiB))
+    small_dir = bench.fresh_dir("small")
+    for i in range(args.small):
+        (small_dir / f"f{i:05d}.bin").write_bytes(os.urandom(args.small_kb * 1024))
+    user = nobody()
+    if user is not None and user.uid is not None:
+        for p in (src_dir, big, small_dir, *small_dir.iterdir()):
+            os.chown(p, user.uid, user.gid or -1)
+    name, sas = bench.container()
+    bench.svc.get_blob_client(name, "big.bin").upload_blob(big.read_bytes(), overwrite=True)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda p: bench.svc.get_blob_client(name, f"small/{p.name}").upload_blob(
+            p.read_bytes(), overwrite=True), sorted(small_dir.iterdir())))
+    container = bench.svc.get_container_client(name)
+    client = httpx.Client(timeout=120)
+    big_url = blob_url(sas, "big.bin")
+
+    def sdk_get_big() -> None:
+        with open(bench.fresh_dir("sdkdl") / "big.bin", "wb") as f:
+            container.get_blob_client("big.bin").download_blob().readinto(f)
+
+    down_big = run_rounds({
+        "agent (stage_resource_files, httpUrl)": lambda: bench.agent_download(
+            [ResourceFile.model_validate({"httpUrl": big_url, "filePath": "big.bin"})], bench.fresh_dir("agdl")),
+        "raw httpx (streamed GET)": lambda: httpx_get(client, big_url, bench.fresh_dir("hxdl") / "big.bin"),
+        "SDK defaults (download_blob().readinto)": sdk_get_big,
+    }, args.rounds)
+
+    def sdk_put_big() -> None:
+        with open(big, "rb") as f:
+            container.get_blob_client("up/sdk-big.bin").upload_blob(f, overwrite=True)
+
+    up_big_cases = {
+        "agent (upload_outputs, literal pattern)": lambda: bench.agent_upload(
+            [out(str(big), sas, "up/agent-big.bin")], src_dir),
+        "raw httpx (single Put Blob)": lambda: httpx_put(client, blob_url(sas, "up/httpx-big.bin"), big),
+        "SDK defaults (upload_blob)": sdk_put_big,
+    }
+    if user is not None:
+        up_big_cases["agent as nonadmin user (setuid helper)"] = lambda: bench.agent_upload(
+            [out(str(big), sas, "up/agent-nobody-big.bin")], src_dir, user)
+    up_big = run_rounds(up_big_cases, args.rounds)
+
+    def sdk_seq_down() -> None:
+        dest = bench.fresh_dir("sdkseq")
+        for blob in container.list_blobs(name_starts_with="small/"):
+            with open(dest / blob.name.split("/")[-1], "wb") as f:
+                container.get_blob_client(blob.name).download_blob().readinto(f)
+
+    def sdk_threads_down() -> None:
+        dest = bench.fresh_dir("sdkthr")
+
+        def one(blob_name: str) -> None:
+            with open(dest / blob_name.split("/")[-1], "wb") as f:
+                container.get_blob_client(blob_name).download_blob().readinto(f)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, [b.name for b in container.list_blobs(name_starts_with="small/")]))
+
+    def httpx_seq_down() -> None:
+        dest = bench.fresh_dir("hxseq")
+        for blob_name in httpx_list(client, sas, "small/"):
+            (dest / blob_name.split("/")[-1]).write_bytes(client.get(blob_url(sas, blob_name)).content)
+
+    down_small = run_rounds({
+        "agent (stage_resource_files, container)": lambda: bench.agent_download(
+            [ResourceFile.model_validate({"storageContainerUrl": sas, "blobPrefix": "small/"})],
+            bench.fresh_dir("agsm")),
+        "SDK sequential": sdk_seq_down,
+        "SDK 8 threads": sdk_threads_down,
+        "httpx sequential": httpx_seq_down,
+    }, args.rounds)
+
+    files = sorted(small_dir.iterdir())
+
+    def sdk_seq_up() -> None:
+        for p in files:
+            with open(p, "rb") as f:
+                container.get_blob_client(f"upsdk/{p.name}").upload_blob(f, overwrite=True)
+
+    def sdk_threads_up() -> None:
+        def one(p: Path) -> None:
+            with open(p, "rb") as f:
+                container.get_blob_client(f"upthr/{p.name}").upload_blob(f, overwrite=True)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, files))
+
+    def httpx_seq_up() -> None:
+        for p in files:
+            resp = client.put(blob_url(sas, f"uphx/{p.name}"), content=p.read_bytes(),
+                              headers={"x-ms-blob-type": "BlockBlob"})
+            resp.raise_for_status()
+
+    up_small_cases = {
+        "agent (upload_outputs, '*' pattern)": lambda: bench.agent_upload(
+            [out("*.bin", sas, "upag")], small_dir),
+        "SDK sequential": sdk_seq_up,
+        "SDK 8 threads": sdk_threads_up,
+        "httpx sequential": httpx_seq_up,
+    }
+    if user is not None:
+        up_small_cases["agent as nonadmin user (setuid helper)"] = lambda: bench.agent_upload(
+            [out("*.bin", sas, "upnb")], small_dir, user)
+    up_small = run_rounds(up_small_cases, args.rounds)
+    client.close()
+
+    mb = size / 1e6
+    print(f"\nbatch-agent storage benchmark: {args.large_mb} MiB blob, {args.small} x {args.small_kb} KiB blobs, "
+          f"best of {args.rounds} rounds, Azurite at {bench.endpoint}")
+    ratios: list[tuple[str, float, str]] = []
+    for title, table, unit, scale in (("large blob download", down_big, "MB/s", mb),
+                                      ("large blob upload", up_big, "MB/s", mb),
+                                      (f"{args.small} small blobs download", down_small, "files/s", args.small),
+                                      (f"{args.small} small blobs upload", up_small, "files/s", args.small)):
+        print(f"\n== {title}")
+        rates = {name: scale / secs for name, secs in table.items()}
+        for name, rate in rates.items():
+            print(f"  {name:<44} {rate:10.1f} {unit}   ({table[name]:.3f} s)")
+        agent_rate = next(r for n, r in rates.items() if n.startswith("agent ("))
+        if "large" in title:
+            baseline = next(r for n, r in rates.items() if n.startswith("raw httpx"))
+            ratios.append((f"{title}: agent / raw httpx", agent_rate / baseline, ">= 0.9"))
+        else:
+            baseline = max(r for n, r in rates.items() if not n.startswith("agent"))
+            ratios.append((f"{title}: agent / best baseline", agent_rate / baseline, ">= 1.0"))
+    print("\n== ratios")
+    for label, ratio, aim in ratios:
+        print(f"  {label:<52} {ratio:6.2f}  (aim {aim})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""agent.config: the TOML file, BATCH_AGENT_* variables and flags, in that order of precedence."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
+from agent.errors import ConfigError
+from agent.layout import DEFAULT_ROOT
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_file() -> None:
+    if DEFAULT_CONFIG_PATH.is_file():  # pragma: no cover - a machine with a real config
+        pytest.skip(f"{DEFAULT_CONFIG_PATH} exists here")
+    cfg = load_config(environ={})
+    assert cfg.source == "defaults" and cfg.node.root == DEFAULT_ROOT
+    assert cfg.tasks.kill_grace == 10.0 and cfg.tasks.default_job_id == "local"
+    assert cfg.node.node_id.startswith("local-")
+
+
+def test_shipped_default_file_equals_the_defaults() -> None:
+    cfg = load_config(REPO / "config" / "agent.toml", environ={})
+    defaults = AgentConfig()
+    assert cfg.node == type(defaults.node)(node_id=cfg.node.node_id, **{
+        k: getattr(defaults.node, k)
+        for k in ("root", "account_name", "account_url", "pool_id", "is_dedicated", "system_path",
+                  "reserved_disk_bytes", "os_reserved_disk_bytes")})
+    assert (cfg.tasks, cfg.storage, cfg.docker) == (defaults.tasks, defaults.storage, defaults.docker)
+
+
+def test_every_section_parses(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[node]
+root = "/srv/node"
+account_name = "acct"
+account_url = "https://acct.eastus.batch.azure.com/"
+pool_id = "pool"
+node_id = "n1"
+is_dedicated = false
+system_path = "/usr/bin:/bin"
+reserved_disk_bytes = 5
+os_reserved_disk_bytes = 6
+
+[tasks]
+kill_grace = 0.05
+default_job_id = "j"
+create_users = false
+pool_nonadmin_user = "u"
+task_user_prefix = "p_"
+user_group = "g"
+use_cgroups = false
+wall_clock_failure_code = "MaxWallClockTimeExceeded"
+
+[storage]
+connection_string = "UseDevelopmentStorage=true"
+account_url = "http://127.0.0.1:10000/devstoreaccount1"
+account_key = "k"
+sas_token = "s"
+concurrency = 2
+retries = 0
+backoff = 0
+timeout = "PT30S"
+block_threshold = 1024
+
+[docker]
+stop_grace = "PT1M"
+network = "none"
+""")
+    cfg = load_config(path, environ={})
+    assert cfg.source == str(path)
+    assert cfg.node.root == Path("/srv/node") and cfg.node.node_id == "n1" and cfg.node.is_dedicated is False
+    assert cfg.node.reserved_disk_bytes == 5 and cfg.node.system_path == "/usr/bin:/bin"
+    assert cfg.tasks.kill_grace == 0.05 and cfg.tasks.create_users is False
+    assert cfg.tasks.wall_clock_failure_code == "MaxWallClockTimeExceeded"
+    assert cfg.storage.backoff == 0.0 and isinstance(cfg.storage.backoff, float)
+    assert cfg.storage.timeout == 30.0 and cfg.storage.retries == 0 and cfg.storage.block_threshold == 1024
+    assert cfg.docker.stop_grace == 60.0 and cfg.docker.network == "none"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("3", 3.0), ("0.25", 0.25), ('"PT10S"', 10.0), ('"PT1M30S"', 90.0), ('"PT0.05S"', 0.05), ('"P"', 0.0),
+    ('"PT01M00S"', 60.0), (f'"{"P10675199DT2H48M5.4775807S"}"', math.inf),
+], ids=["int", "float", "PT10S", "PT1M30S", "fraction", "bare-P", "padded", "unlimited"])
+def test_kill_grace_seconds_or_duration(tmp_path: Path, value: str, seconds: float) -> None:
+    cfg = load_config(write(tmp_path, f"[tasks]\nkill_grace = {value}\n"), environ={})
+    assert cfg.tasks.kill_grace == seconds
+
+
+PRECEDENCE: list[tuple[str, bool, str | None, Path | None, str]] = [
+    # (id, file sets root, BATCH_AGENT_ROOT, --root, expected root)
+    ("default", False, None, None, str(DEFAULT_ROOT)),
+    ("file", True, None, None, "/from/file"),
+    ("env-beats-file", True, "/from/env", None, "/from/env"),
+    ("env-without-file", False, "/from/env", None, "/from/env"),
+    ("flag-beats-env-and-file", True, "/from/env", Path("/from/flag"), "/from/flag"),
+    ("flag-beats-file", True, None, Path("/from/flag"), "/from/flag"),
+    ("empty-env-ignored", True, "", None, "/from/file"),
+]
+
+
+@pytest.mark.parametrize(("in_file", "env_root", "flag", "expected"), [p[1:] for p in PRECEDENCE],
+                         ids=[p[0] for p in PRECEDENCE])
+def test_root_precedence(tmp_path: Path, in_file: bool, env_root: str | None, flag: Path | None,
+                         expected: str) -> None:
+    path = write(tmp_path, '[node]\nroot = "/from/file"\n' if in_file else "[node]\npool_id = 'p'\n")
+    environ = {"BATCH_AGENT_ROOT": env_root} if env_root is not None else {}
+    assert load_config(path, environ=environ, root=flag).node.root == Path(expected)
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    env_file = write(tmp_path, '[node]\npool_id = "from-env-file"\n', "env.toml")
+    flag_file = write(tmp_path, '[node]\npool_id = "from-flag-file"\n', "flag.toml")
+    environ = {"BATCH_AGENT_CONFIG": str(env_file)}
+    assert load_config(environ=environ).node.pool_id == "from-env-file"
+    assert load_config(flag_file, environ=environ).node.pool_id == "from-flag-file"
+
+
+def test_relative_root_made_absolute(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[node]\nroot = "rel/root"\n'), environ={})
+    assert cfg.node.root.is_absolute() and cfg.node.root == Path.cwd() / "rel" / "root"
+    assert load_config(write(tmp_path, ""), environ={}, root=Path("x")).node.root == Path.cwd() / "x"
+
+
+def test_load_config_creates_nothing(tmp_path: Path) -> None:
+    load_config(write(tmp_path, '[node]\nroot = "/nonexistent/batch-agent-test-root"\n'), environ={})
+    assert not Path("/nonexistent/batch-agent-test-root").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["agent.toml"]
+
+
+ERRORS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    # (id, toml, expected [(issue path, message fragment)])
+    ("unknown-section", "[nodes]\nroot = '/x'\n",
+     [("nodes", "unknown section; allowed: node, tasks, storage, docker")]),
+    ("unknown-key", "[tasks]\nkill_grase = 1\n", [("tasks.kill_grase", "unknown key; allowed: kill_grace")]),
+    ("top-level-key", "root = '/x'\n", [("root", "unknown section")]),
+    ("path-not-string", "[node]\nroot = 5\n", [("node.root", "non-empty path string")]),
+    ("path-empty", "[node]\nroot = ''\n", [("node.root", "non-empty path string")]),
+    ("bool-as-string", "[node]\nis_dedicated = 'yes'\n", [("node.is_dedicated", "must be a bool")]),
+    ("int-as-float", "[node]\nreserved_disk_bytes = 1.5\n", [("node.reserved_disk_bytes", "must be a int")]),
+    ("int-as-bool", "[storage]\nretries = true\n", [("storage.retries", "must be a int")]),
+    ("str-as-int", "[node]\npool_id = 5\n", [("node.pool_id", "must be a str")]),
+    ("float-as-bool", "[tasks]\nkill_grace = true\n",
+     [("tasks.kill_grace", "number of seconds or an ISO 8601")]),
+    ("float-as-list", "[docker]\nstop_grace = [1]\n",
+     [("docker.stop_grace", "number of seconds or an ISO 8601")]),
+    ("bad-duration", "[tasks]\nkill_grace = '10s'\n", [("tasks.kill_grace", "not an ISO 8601 duration")]),
+    ("several", "[tasks]\nkill_grace = 'x'\nnope = 1\n[docker]\nnetwork = 1\n[extra]\n",
+     [("tasks.kill_grace", "ISO 8601"), ("tasks.nope", "unknown key"), ("docker.network", "must be a str"),
+      ("extra", "unknown section")]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_config_errors_name_the_key(tmp_path: Path, text: str, expected: list[tuple[str, str]]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    issues = info.value.issues
+    assert sorted(i.path for i in issues) == sorted(p for p, _ in expected)
+    for where, fragment in expected:
+        assert any(i.path == where and fragment in i.message for i in issues), (where, issues)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("[node\n", "cannot read config file"),
+    ("[node]\nroot = \n", "cannot read config file"),
+], ids=["bad-table", "bad-value"])
+def test_invalid_toml(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(write(tmp_path, text), environ={})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist; fix --config or BATCH_AGENT_CONFIG"):
+        load_config(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(environ={"BATCH_AGENT_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    cfg: Any = load_config(write(tmp_path, ""), environ={})
+    with pytest.raises(AttributeError):
+        cfg.node.root = Path("/x")

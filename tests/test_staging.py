@@ -1,0 +1,457 @@
+"""agent.staging: resource files in (§4) against real Azurite and real local sockets.
+
+No mocks. Timeouts and connection failures come from real sockets on 127.0.0.1 (a listener that
+never accepts, a port nobody listens on); concurrency is measured by a real HTTP server that
+holds requests until the expected number is in flight. Backoff waits are off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.blob import BlobTransport, blob_url
+from agent.config import StorageConfig
+from agent.runner import TaskUser
+from agent.spec import ResourceFile
+from agent.staging import (
+    StagingResult,
+    auto_storage_container,
+    dir_mode,
+    name_problem,
+    stage_resource_files,
+    transport_config,
+)
+from agent.status import ErrorCategory, FailureInfo
+
+pytestmark = pytest.mark.timeout(60)
+FAST = StorageConfig(retries=2, backoff=0.0, timeout=5.0, concurrency=4)
+ME = TaskUser("agent", None, None)
+IS_ROOT = os.geteuid() == 0
+
+
+def rf(**fields: Any) -> ResourceFile:
+    return ResourceFile.model_validate(fields)
+
+
+@pytest.fixture
+def wd(tmp_path: Path) -> Path:
+    path = tmp_path / "task" / "wd"
+    path.mkdir(parents=True)
+    return path
+
+
+async def stage(files: list[ResourceFile], wd: Path, storage: StorageConfig = FAST, user: TaskUser = ME,
+                progress: Any = None) -> StagingResult | FailureInfo:
+    async with BlobTransport(transport_config(storage)) as transport:
+        return await stage_resource_files(files, wd, user=user, transport=transport, storage=storage,
+                                          progress=progress)
+
+
+def failed(result: StagingResult | FailureInfo) -> FailureInfo:
+    assert isinstance(result, FailureInfo), result
+    return result
+
+
+def details(failure: FailureInfo) -> dict[str, str]:
+    return {d.name: d.value for d in failure.details}
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def sig_of(sas: str) -> str:
+    return sas.split("sig=")[1].split("&")[0]
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[str]:
+    """A TCP listener that never accepts: connects succeed, no answer ever comes (timeouts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def closed_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@dataclass
+class GateServer:
+    """HTTP/1.1 server answering GET /<name> with ``name`` as body, releasing requests in groups
+    of ``group`` (or when ``total`` have come): the peak of requests in flight is measured."""
+
+    group: int
+    total: int
+    in_flight: int = 0
+    peak: int = 0
+    seen: int = 0
+    url: str = ""
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
+            self.in_flight += 1
+            self.seen += 1
+            self.peak = max(self.peak, self.in_flight)
+            if self.in_flight >= self.group or self.seen >= self.total:
+                self._release.set()
+            release = self._release
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), 10)   # a safety net, not a wait for time
+            if self._release is release and release.is_set():
+                self._release = asyncio.Event()
+            self.in_flight -= 1
+            body = path.encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+
+@pytest.fixture
+async def gate_server() -> AsyncIterator[Any]:
+    servers: list[asyncio.Server] = []
+
+    async def make(group: int, total: int) -> GateServer:
+        gate = GateServer(group, total)
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await gate.handle(reader, writer)
+            writer.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        gate.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        return gate
+
+    yield make
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+# --- pure helpers ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "bad"), [
+    ("a.txt", False), ("dir/sub/a.txt", False), ("..a/b..", False), ("a b/ü.txt", False),
+    ("../evil.txt", True), ("a/../../evil.txt", True), ("a/..", True), ("/abs.txt", True),
+    ("a//b.txt", True), ("a/./b", True), ("dir/", True), ("a\0b", True),
+])
+def test_name_problem(name: str, bad: bool) -> None:
+    assert (name_problem(name) is not None) is bad
+
+
+@pytest.mark.parametrize(("file_mode", "expected"), [(0o770, 0o770), (0o644, 0o755), (0o600, 0o700),
+                                                     (0o400, 0o700), (0o777, 0o777), (0o640, 0o750)])
+def test_dir_mode(file_mode: int, expected: int) -> None:
+    assert dir_mode(file_mode) == expected
+
+
+def test_auto_storage_container_forms() -> None:
+    key = "a2V5"
+    conn = StorageConfig(connection_string="DefaultEndpointsProtocol=https;AccountName=acct;"
+                                           f"AccountKey={key};EndpointSuffix=core.windows.net")
+    url, cred = auto_storage_container("data", conn) or ("", None)
+    assert url == "https://acct.blob.core.windows.net/data" and cred and cred.account == "acct"
+    azurite = StorageConfig(account_url="http://127.0.0.1:10000/devstoreaccount1", account_key=key)
+    url, cred = auto_storage_container("c", azurite) or ("", None)
+    assert url == "http://127.0.0.1:10000/devstoreaccount1/c" and cred and cred.account == "devstoreaccount1"
+    sas = StorageConfig(account_url="https://acct.blob.core.windows.net/", sas_token="?sv=1&sig=abc")
+    assert auto_storage_container("c", sas) == ("https://acct.blob.core.windows.net/c?sv=1&sig=abc", None)
+    with_sas = StorageConfig(connection_string="BlobEndpoint=https://x.example/;SharedAccessSignature=sv=1&sig=s")
+    assert auto_storage_container("c", with_sas) == ("https://x.example/c?sv=1&sig=s", None)
+    assert auto_storage_container("c", StorageConfig()) is None
+    assert auto_storage_container("c", StorageConfig(account_url="https://a.blob.core.windows.net")) is None
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+@pytest.mark.azurite
+async def test_http_url_lands_at_file_path_with_default_mode(azurite: Any, wd: Path) -> None:
+    name, sas = azurite.container(permission="r")
+    azurite.upload(name, "in/data.bin", b"x" * 70_000)
+    result = await stage([rf(httpUrl=blob_url(sas, "in/data.bin"), filePath="deep/er/data.bin")], wd)
+    assert isinstance(result, StagingResult) and (result.files, result.bytes) == (1, 70_000)
+    assert tree(wd) == {"deep/er/data.bin": b"x" * 70_000}
+    assert (wd / "deep/er/data.bin").stat().st_mode & 0o777 == 0o770
+    assert (wd / "deep").stat().st_mode & 0o777 == 0o770
+    assert not [p for p in wd.rglob("*") if ".part-" in p.name]
+
+
+@pytest.mark.azurite
+async def test_container_with_prefix_keeps_full_blob_names(azurite: Any, wd: Path) -> None:
+    name, sas = azurite.container(permission="rl")
+    blobs = {"in/a.txt": b"a", "in/sub/b.txt": b"b", "input.txt": b"i", "other/c.txt": b"c"}
+    for blob, data in blobs.items():
+        azurite.upload(name, blob, data)
+    result = await stage([rf(storageContainerUrl=sas, blobPrefix="in", filePath="data")], wd)
+    assert isinstance(result, StagingResult) and result.files == 3
+    assert tree(wd) == {"data/in/a.txt": b"a", "data/in/sub/b.txt": b"b", "data/input.txt": b"i"}
+
+
+@pytest.mark.azurite
+async def test_container_without_file_path_goes_to_wd_and_later_entry_wins(azurite: Any, wd: Path) -> None:
+    name, sas = azurite.container(permission="rl")
+    azurite.upload(name, "x/a.txt", b"from container")
+    other, other_sas = azurite.container(permission="r")
+    azurite.upload(other, "a.txt", b"from http")
+    files = [rf(storageContainerUrl=sas), rf(httpUrl=blob_url(other_sas, "a.txt"), filePath="x/a.txt")]
+    assert isinstance(await stage(files, wd), StagingResult)
+    assert tree(wd) == {"x/a.txt": b"from http"}
+
+
+@pytest.mark.azurite
+@pytest.mark.parametrize("form", ["connection_string", "account_key", "sas_token"])
+async def test_auto_storage_container_name(azurite: Any, wd: Path, form: str) -> None:
+    name, sas = azurite.container(permission="rl")
+    azurite.upload(name, "job/in.txt", b"auto")
+    storage = {
+        "connection_string": StorageConfig(connection_string=azurite.connection_string),
+        "account_key": StorageConfig(account_url=azurite.blob_url, account_key=azurite.key),
+        "sas_token": StorageConfig(account_url=azurite.blob_url, sas_token=sas.split("?", 1)[1]),
+    }[form]
+    storage = StorageConfig(**{**{f: getattr(FAST, f) for f in ("retries", "backoff", "timeout")},
+                               **{f: getattr(storage, f) for f in ("connection_string", "account_url",
+                                                                   "account_key", "sas_token")}})
+    result = await stage([rf(autoStorageContainerName=name, filePath="auto")], wd, storage)
+    assert isinstance(result, StagingResult), result
+    assert tree(wd) == {"auto/job/in.txt": b"auto"}
+
+
+async def test_auto_storage_not_configured(wd: Path) -> None:
+    failure = failed(await stage([rf(autoStorageContainerName="c")], wd))
+    assert (failure.category, failure.code) == (ErrorCategory.USER, "AutoStorageNotConfigured")
+    assert "connection_string" in failure.message
+
+
+async def test_identity_reference_is_not_supported(wd: Path) -> None:
+    url = closed_port() + "/c"        # nothing is contacted: it would fail otherwise
+    failure = failed(await stage([rf(storageContainerUrl=url, identityReference={"resourceId": "/x"})], wd))
+    assert (failure.category, failure.code) == (ErrorCategory.USER, "TaskFeatureNotSupported")
+    assert "azure-identity is not installed" in failure.message
+    assert details(failure)["FieldName"] == "resourceFiles[0].identityReference"
+    assert tree(wd) == {}
+
+
+@pytest.mark.azurite
+async def test_file_mode_applies_to_files_and_new_dirs(azurite: Any, wd: Path) -> None:
+    name, sas = azurite.container(permission="rl")
+    azurite.upload(name, "d/e/f.txt", b"f")
+    (wd / "d").mkdir(mode=0o700)
+    os.chmod(wd / "d", 0o700)
+    assert isinstance(await stage([rf(storageContainerUrl=sas, fileMode="0644")], wd), StagingResult)
+    assert (wd / "d/e/f.txt").stat().st_mode & 0o777 == 0o644
+    assert (wd / "d/e").stat().st_mode & 0o777 == 0o755
+    assert (wd / "d").stat().st_mode & 0o777 == 0o700       # existing dirs are left alone
+
+
+@pytest.mark.azurite
+async def test_progress_adds_and_advances_every_byte(azurite: Any, wd: Path) -> None:
+    name, sas = azurite.container(permission="rl")
+    for i in range(5):
+        azurite.upload(name, f"p/{i}.bin", b"z" * (1000 * (i + 1)))
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.total = self.done = 0
+
+        def add(self, total_bytes: int) -> None:
+            self.total += total_bytes
+
+        def advance(self, n: int) -> None:
+            self.done += n
+
+    progress = Recorder()
+    files = [rf(storageContainerUrl=sas), rf(httpUrl=blob_url(sas, "p/0.bin"), filePath="copy.bin")]
+    result = await stage(files, wd, progress=progress)
+    assert isinstance(result, StagingResult)
+    assert progress.total == progress.done == result.bytes == 16_000
+
+
+async def test_concurrency_is_bounded_by_config(gate_server: Any, wd: Path) -> None:
+    gate = await gate_server(group=3, total=12)
+    files = [rf(httpUrl=f"{gate.url}/f{i}", filePath=f"f{i}") for i in range(12)]
+    storage = StorageConfig(retries=1, backoff=0.0, timeout=20.0, concurrency=3)
+    assert isinstance(await stage(files, wd, storage), StagingResult)
+    assert gate.peak == 3
+    assert tree(wd) == {f"f{i}": f"/f{i}".encode() for i in range(12)}
+
+
+# --- failures (§4.2) ----------------------------------------------------------------------------
+
+@pytest.mark.azurite
+async def test_missing_blob_is_blob_not_found(azurite: Any, wd: Path) -> None:
+    _, sas = azurite.container(permission="r")
+    failure = failed(await stage([rf(httpUrl=blob_url(sas, "nope.txt"), filePath="n.txt")], wd))
+    assert (failure.category, failure.code) == (ErrorCategory.USER, "BlobNotFound")
+    info = details(failure)
+    assert info["FilePath"] == "n.txt" and "sig=REDACTED" in info["Url"]
+    assert sig_of(sas) not in json.dumps(failure.to_json())
+    assert tree(wd) == {}
+
+
+@pytest.mark.azurite
+@pytest.mark.parametrize("why", ["no read permission", "expired"])
+async def test_denied_blob_is_blob_access_denied(azurite: Any, wd: Path, why: str) -> None:
+    from datetime import UTC, datetime, timedelta
+    if why == "expired":
+        name, sas = azurite.container(permission="r", expiry=datetime.now(UTC) - timedelta(minutes=5))
+    else:
+        name, sas = azurite.container(permission="l")
+    azurite.upload(name, "a.txt", b"a")
+    failure = failed(await stage([rf(httpUrl=blob_url(sas, "a.txt"), filePath="a.txt")], wd))
+    assert (failure.category, failure.code) == (ErrorCategory.USER, "BlobAccessDenied")
+    assert sig_of(sas) not in json.dumps(failure.to_json())
+
+
+@pytest.mark.azurite
+async def test_missing_container_is_resource_container_not_found(azurite: Any, wd: Path) -> None:
+    from azure.storage.blob import BlobServiceClient
+    name, sas = azurite.container(permission="rl")
+    BlobServiceClient.from_connection_string(azurite.connection_string).delete_container(name)
+    failure = failed(await stage([rf(storageContainerUrl=sas, filePath="x")], wd))
+    assert (failure.category, failure.code) == (ErrorCategory.USER, "ResourceContainerNotFound")
+    assert details(failure)["FilePath"] == "x"
+
+
+@pytest.mark.azurite
+async def test_container_without_list_permission_is_access_denied(azurite: Any, wd: Path) -> None:
+    _, sas = azurite.container(permission="r")
+    failure = failed(await stage([rf(storageContainerUrl=sas)], wd))
+    assert (failure.category, failure.code) == (ErrorCategory.USER, "ResourceContainerAccessDenied")
+
+
+async def test_timeouts_and_misc_errors(wd: Path) -> None:
+    quick = StorageConfig(retries=2, backoff=0.0, timeout=0.3)
+    with silent_listener() as url:
+        download = failed(await stage([rf(httpUrl=f"{url}/f", filePath="f")], wd, quick))
+        listing = failed(await stage([rf(storageContainerUrl=f"{url}/c")], wd, quick))
+    assert (download.category, download.code) == (ErrorCategory.SERVER, "BlobDownloadTimedOut")
+    assert (listing.category, listing.code) == (ErrorCategory.SERVER, "ResourceContainerListTimedOut")
+    refused = closed_port()
+    download = failed(await stage([rf(httpUrl=f"{refused}/f", filePath="f")], wd, quick))
+    listing = failed(await stage([rf(storageContainerUrl=f"{refused}/c")], wd, quick))
+    assert (download.category, download.code) == (ErrorCategory.SERVER, "BlobDownloadMiscError")
+    assert (listing.category, listing.code) == (ErrorCategory.SERVER, "ResourceContainerListMiscError")
+    assert tree(wd) == {}
+
+
+# --- nothing outside wd ---------------------------------------------------------------------------
+
+def put_raw(sas: str, encoded_name: str, data: bytes) -> None:
+    """Create a blob whose name the SDK would normalise (``..``, leading ``/``): raw REST."""
+    import httpx
+    base, query = sas.split("?", 1)
+    resp = httpx.put(f"{base}/{encoded_name}?{query}", content=data, headers={"x-ms-blob-type": "BlockBlob"})
+    assert resp.status_code == 201, resp.text
+
+
+@pytest.mark.azurite
+@pytest.mark.parametrize(("encoded", "name"), [("%2E%2E/evil.txt", "../evil.txt"),
+                                               ("a/%2E%2E/%2E%2E/evil.txt", "a/../../evil.txt"),
+                                               ("%2Fabs.txt", "/abs.txt")])
+async def test_escaping_blob_names_are_refused(azurite: Any, tmp_path: Path, wd: Path, encoded: str,
+                                               name: str) -> None:
+    container, sas = azurite.container()
+    azurite.upload(container, "fine.txt", b"fine")
+    put_raw(sas, encoded, b"evil")
+    assert name in azurite.list(container)
+    before = tree(tmp_path)
+    failure = failed(await stage([rf(storageContainerUrl=sas, filePath="in")], wd))
+    assert (failure.category, failure.code) == (ErrorCategory.USER, "ResourceFileCreateFailed")
+    assert details(failure)["BlobName"] == name
+    assert tree(tmp_path) == before                  # nothing written, not even the good blob
+
+
+@pytest.mark.azurite
+async def test_symlinked_directory_in_the_way_is_refused(azurite: Any, tmp_path: Path, wd: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (wd / "data").symlink_to(outside)                       # planted by an earlier task
+    container, sas = azurite.container(permission="rl")
+    azurite.upload(container, "data/x.txt", b"x")
+    failure = failed(await stage([rf(storageContainerUrl=sas)], wd))
+    assert (failure.category, failure.code) == (ErrorCategory.USER, "ResourceFileCreateFailed")
+    assert "symlink" in failure.message and "'data'" in failure.message
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.azurite
+async def test_symlink_as_the_file_is_refused(azurite: Any, tmp_path: Path, wd: Path) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_bytes(b"precious")
+    (wd / "sub").mkdir()
+    (wd / "sub" / "f.txt").symlink_to(target)
+    container, sas = azurite.container(permission="r")
+    azurite.upload(container, "f.txt", b"overwrite?")
+    failure = failed(await stage([rf(httpUrl=blob_url(sas, "f.txt"), filePath="sub/f.txt")], wd))
+    assert (failure.category, failure.code) == (ErrorCategory.USER, "ResourceFileCreateFailed")
+    assert target.read_bytes() == b"precious" and (wd / "sub" / "f.txt").is_symlink()
+
+
+@pytest.mark.azurite
+async def test_file_in_the_way_of_a_directory(azurite: Any, wd: Path) -> None:
+    container, sas = azurite.container(permission="r")
+    azurite.upload(container, "f.txt", b"f")
+    (wd / "a").write_bytes(b"a file")
+    failure = failed(await stage([rf(httpUrl=blob_url(sas, "f.txt"), filePath="a/f.txt")], wd))
+    assert failure.code == "ResourceFileCreateFailed" and "a file is in the way" in failure.message
+
+
+# --- root only: ownership and a full disk --------------------------------------------------------
+
+@pytest.mark.root
+@pytest.mark.azurite
+@pytest.mark.skipif(not IS_ROOT, reason="needs root")
+async def test_files_and_new_dirs_belong_to_the_task_user(azurite: Any, wd: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    user = TaskUser("nobody", nobody.pw_uid, nobody.pw_gid, (nobody.pw_gid,))
+    container, sas = azurite.container(permission="rl")
+    azurite.upload(container, "a/b/c.txt", b"c")
+    (wd / "a").mkdir()                                      # exists, root's: left alone
+    assert isinstance(await stage([rf(storageContainerUrl=sas, filePath="in")], wd, user=user), StagingResult)
+    for rel in ("in", "in/a", "in/a/b", "in/a/b/c.txt"):
+        st = (wd / rel).stat()
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), rel
+    assert (wd / "a").stat().st_uid == 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if not IS_ROOT or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                                     capture_output=True).returncode != 0:
+        pytest.skip("needs root and tmpfs mounts")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.root
+@pytest.mark.azurite
+async def test_full_disk_is_disk_full(azurite: Any, tiny_disk: Path) -> None:
+    container, sas = azurite.container(permission="r")
+    azurite.upload(container, "big.bin", os.urandom(1024 * 1024))
+    failure = failed(await stage([rf(httpUrl=blob_url(sas, "big.bin"), filePath="big.bin")], tiny_disk))
+    assert (failure.category, failure.code) == (ErrorCategory.SERVER, "DiskFull")
+    assert details(failure)["FilePath"] == "big.bin"
+    assert list(tiny_disk.iterdir()) == []
