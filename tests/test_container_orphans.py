@@ -81,7 +81,7 @@ def test_sweep_without_engine_removes_nothing(node_root: Path) -> None:
     import docker
 
     def no_engine() -> Any:
-        return docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
+        return docker.DockerClient(base_url="tcp://127.0.0.1:1", version="1.41")  # refused at once
 
     assert remove_orphans(LazyClient(no_engine), node_root=node_root) == []
 
