@@ -205,12 +205,15 @@ class ProcessRunner:
         return {pid for pid in found if _alive(pid)}
 
     def _signal(self, handle: RunHandle, sig: signal.Signals, pids: set[int]) -> None:
+        """``sig`` to the process group and to ``pids`` outside it: one signal per process."""
         if handle.pgid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(handle.pgid, sig)
         for pid in pids:
+            # A second SIGTERM would run a task's TERM trap twice.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
+                if os.getpgid(pid) != handle.pgid:
+                    os.kill(pid, sig)
 
     async def _sweep(self, handle: RunHandle) -> None:
         loop = asyncio.get_running_loop()

@@ -124,7 +124,7 @@ def describe_user(identity: UserIdentity | None, kind: str, policy: UserPolicy) 
     elif policy.create_accounts:
         target = f"{account} (created on first run)"
     else:
-        target = f"{account} (missing, and account creation is off: the run would stop)"
+        target = f"{account} (missing, and account creation is off)"
     return f"{choice.source} -> {target}"
 
 

@@ -8,8 +8,9 @@ the script's output; nothing is skipped.
 Fixtures:
     infra            session  Infra(env=<env.sh values>, how=...)
     azurite          session  tests.infra.Azurite: .account .key .blob_url .connection_string,
-                              .container(name=None, permission="racwdl", expiry_minutes=60)
-                              -> (name, sas_url), .upload, .list, .download, .properties
+                              .container(name=None, permission="racwdl", expiry_minutes=60,
+                              *, expiry=None) -> (name, sas_url), .upload, .list, .download,
+                              .properties, .service (BlobServiceClient with the account key)
     docker_client    session  docker.DockerClient (from_env)
     test_image       session  "localtest/busybox:full"
     entrypoint_image session  "localtest/busybox:entrypoint" (ENTRYPOINT echo from-entrypoint,

@@ -176,10 +176,10 @@ class Azurite:
         return self._service
 
     def container(self, name: str | None = None, permission: str = "racwdl",
-                  expiry_minutes: int = 60) -> tuple[str, str]:
+                  expiry_minutes: int = 60, *, expiry: datetime | None = None) -> tuple[str, str]:
         """Create a container (a fresh unique name unless ``name`` is given; an existing
-        ``name`` is reused) and return ``(name, "{blob_url}/{name}?{sas}")``. A negative
-        ``expiry_minutes`` gives an already expired SAS."""
+        ``name`` is reused) and return ``(name, "{blob_url}/{name}?{sas}")``. The SAS expires
+        at ``expiry`` if given, else in ``expiry_minutes`` (negative: already expired)."""
         given = name is not None
         name = name or f"t-{uuid.uuid4().hex}"
         try:
@@ -191,7 +191,7 @@ class Azurite:
         sas = generate_container_sas(
             self.account, name, account_key=self.key,
             permission=ContainerSasPermissions.from_string(permission),
-            expiry=datetime.now(UTC) + timedelta(minutes=expiry_minutes),
+            expiry=expiry or datetime.now(UTC) + timedelta(minutes=expiry_minutes),
         )
         return name, f"{self.blob_url}/{name}?{sas}"
 

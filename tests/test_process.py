@@ -85,8 +85,8 @@ def root_agent() -> None:
     assert os.geteuid() == 0, "cgroup tests need root: run the suite as root (it does in CI)"
 
 
-def request(work: Path, *argv: str, env: dict[str, str] | None = None, attempt: int = 1) -> RunRequest:
-    return RunRequest(job_id="job", task_id="task", attempt=attempt, argv=argv,
+def request(work: Path, *argv: str, env: dict[str, str] | None = None, job_id: str = "job") -> RunRequest:
+    return RunRequest(job_id=job_id, task_id="task", attempt=1, argv=argv,
                       env={"PATH": SYSTEM_PATH, "AZ_BATCH_TASK_DIR": str(work)} if env is None else env,
                       cwd=work / "wd", stdout=work / "stdout.txt", stderr=work / "stderr.txt",
                       user=AGENT_USER)
@@ -232,11 +232,10 @@ async def test_launch_failed(runner: ProcessRunner, work: Path, name: str, text:
 async def test_launch_failure_leaves_no_cgroup(root_agent: None, runner: ProcessRunner,
                                                work: Path) -> None:
     assert runner.hierarchy is not None
-    parent = runner.hierarchy / "batch-agent"
-    before = set(parent.iterdir()) if parent.exists() else set()
+    job_id = f"nolaunch{os.getpid()}"
     executable(work / "wd" / "data.txt", "x", 0o644)
-    assert isinstance(await runner.start(request(work, "./data.txt")), FailureInfo)
-    assert set(parent.iterdir()) == before
+    assert isinstance(await runner.start(request(work, "./data.txt", job_id=job_id)), FailureInfo)
+    assert list((runner.hierarchy / "batch-agent").glob(f"{job_id}_*")) == []
 
 
 # -- re-attach ------------------------------------------------------------------------------
