@@ -36,17 +36,17 @@ from _common import PYTHON, REPO
 
 sys.path.insert(0, str(REPO))
 
-import docker  # noqa: E402
+import docker
 
-from agent.config import AgentConfig, DockerConfig, NodeConfig, TaskConfig  # noqa: E402
-from agent.container.runner import ContainerRunner  # noqa: E402
-from agent.environment import NodeIdentity  # noqa: E402
-from agent.hooks.gate import GateHook  # noqa: E402
-from agent.hooks.image import ImageHook  # noqa: E402
-from agent.hooks.taskdir import TaskDirHook  # noqa: E402
-from agent.runner import TaskUser  # noqa: E402
-from agent.spec import TaskSpec  # noqa: E402
-from agent.taskrunner import TaskRunner  # noqa: E402
+from agent.config import AgentConfig, DockerConfig, NodeConfig, TaskConfig
+from agent.container.runner import ContainerRunner
+from agent.environment import NodeIdentity
+from agent.hooks.gate import GateHook
+from agent.hooks.image import ImageHook
+from agent.hooks.taskdir import TaskDirHook
+from agent.runner import TaskUser
+from agent.spec import TaskSpec
+from agent.taskrunner import TaskRunner
 
 API_CALLS = ("inspect_image", "create_container", "inspect_container", "attach", "start", "wait",
              "remove_container", "containers", "version")
@@ -160,7 +160,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--image", default="localtest/busybox:full")
     parser.add_argument("--no-cli", dest="cli", action="store_false", help="skip the end-to-end CLI case")
