@@ -44,6 +44,7 @@ from agent.environment import NodeIdentity
 from agent.hooks.gate import GateHook
 from agent.hooks.image import ImageHook
 from agent.hooks.taskdir import TaskDirHook
+from agent.logs import configure
 from agent.runner import TaskUser
 from agent.spec import TaskSpec
 from agent.taskrunner import TaskRunner
@@ -97,6 +98,7 @@ def cli_run(task_file: Path, root: Path, config: Path) -> None:
 
 
 async def bench(args: argparse.Namespace, tmp: Path) -> None:
+    configure(level="warning")   # as the CLI: no log rendering in the timed path
     client = docker.from_env()
     calls = CallTimes(client)
     root = tmp / "root"
