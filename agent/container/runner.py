@@ -148,8 +148,9 @@ def _pump(stream: Any, out: IO[bytes], err: IO[bytes], errors: list[BaseExceptio
         err.close()
 
 
-async def _in_daemon_thread(fn: Callable[[], T]) -> T:
-    """Run a blocking call in a daemon thread: cancellable from asyncio, never joined at exit."""
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """Run a blocking engine call in a daemon thread: cancellable from asyncio, and never joined
+    at exit (``asyncio.to_thread`` would make ``asyncio.run`` wait for a container or a pull)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -172,7 +173,7 @@ async def _in_daemon_thread(fn: Callable[[], T]) -> T:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=run, name="batch-agent-container-wait", daemon=True).start()
+    threading.Thread(target=run, name="batch-agent-engine-call", daemon=True).start()
     return await future
 
 
@@ -283,7 +284,7 @@ class ContainerRunner:
 
     async def wait(self, handle: RunHandle) -> ExitResult:
         container_id = _container_id(handle)
-        return await _in_daemon_thread(lambda: self._wait(container_id))
+        return await in_daemon_thread(lambda: self._wait(container_id))
 
     def _wait(self, container_id: str) -> ExitResult:
         import requests

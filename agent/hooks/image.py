@@ -6,18 +6,17 @@ is on the node (``agent.container.image``): a present image is used as it is, a 
 pulled with the task's registry credentials. Bad settings fail before any pull. Every failure
 is a pre-processing ``FailureInfo`` with a §8.2 code; the registry password appears in none.
 Must not: start anything (the container runner does), or block the event loop (the engine is
-called from a worker thread).
+called from a daemon thread).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from agent.config import DockerConfig
 from agent.container.build import ContainerSettingsError, build_container_request
 from agent.container.image import RegistryAuth, ensure_image, scrub
-from agent.container.runner import INVALID_SETTINGS, resolve_client
+from agent.container.runner import INVALID_SETTINGS, in_daemon_thread, resolve_client
 from agent.container.runopts import RunOptionsError
 from agent.lifecycle import TaskContext
 from agent.status import FailureInfo
@@ -71,7 +70,8 @@ class ImageHook:
             return FailureInfo.user("ContainerInvalidSettings", INVALID_SETTINGS,
                                     Message=scrub(str(exc), auth.password if auth else None))
         ctx.container, ctx.env = request, env
-        pulled = await asyncio.to_thread(self._ensure, request.image, auth, ctx)
+        # A daemon thread: a pull cut short by the wall clock must not hold the agent's exit.
+        pulled = await in_daemon_thread(lambda: self._ensure(request.image, auth, ctx))
         if isinstance(pulled, FailureInfo):
             ctx.log.info("container image unavailable", image=request.image, code=pulled.code)
             return pulled
