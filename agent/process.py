@@ -90,6 +90,7 @@ class ProcessRunner:
         switch = self._switch(request)
         cgroup = self._new_cgroup(request) if self.hierarchy else None
         fds: list[int] = []
+        child: subprocess.Popen[bytes] | None = None
         try:
             out = _open_log(request.stdout, switch, fds)
             err = _open_log(request.stderr, switch, fds)
@@ -102,8 +103,6 @@ class ProcessRunner:
                     user=switch.uid if switch else None, group=switch.gid if switch else None,
                     extra_groups=list(switch.groups) if switch else None)
             except (OSError, ValueError) as exc:
-                if cgroup:
-                    _remove_cgroup(cgroup)
                 return _launch_failure(request, program, exc)
             if procs is not None:
                 # Only needed on kernels where the child's own write was refused (module doc).
@@ -112,6 +111,8 @@ class ProcessRunner:
         finally:
             for fd in fds:
                 os.close(fd)
+            if cgroup and child is None:
+                _remove_cgroup(cgroup)
         self._children[child.pid] = child
         try:
             create_time: float | None = psutil.Process(child.pid).create_time()

@@ -67,7 +67,10 @@ class UserPolicy:
     group: str = "_azbatchgrp"
     admin_group: str = "_azbatchsudogrp"
     create_accounts: bool = True
-    state_dir: Path = Path("/var/lib/batch-agent")     # users.lock, task-users.json
+    state_dir: Path = Path("/var/lib/batch-agent")     # task-users.json
+    # Accounts are machine-wide, so is the lock: every agent on the machine, whatever its
+    # node root, must see it. /run is writable by root only (not /run/lock: anyone could hold that).
+    lock_path: Path = Path("/run/batch-agent/users.lock")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +174,13 @@ def _lookup(name: str) -> pwd.struct_passwd | None:
 
 @contextlib.contextmanager
 def _locked(policy: UserPolicy) -> Iterator[None]:
-    policy.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(policy.state_dir / "users.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield                       # closing the file releases the lock
+    policy.lock_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd = os.open(policy.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                # releases the lock
 
 
 def _create(name: str, policy: UserPolicy) -> pwd.struct_passwd:
@@ -208,7 +214,7 @@ def _create_locked(name: str, policy: UserPolicy) -> pwd.struct_passwd:
 
 def _run(argv: list[str], account: str) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    # Exit 9 = "already exists": another agent (with another lock file) was quicker.
+    # Exit 9 = "already exists": created meanwhile outside the lock (an admin, an image script).
     if done.returncode not in (0, 9):
         raise RunnerError(f"cannot create the account {account}: {' '.join(argv)} exited "
                           f"{done.returncode}: {done.stderr.strip()}")
@@ -218,6 +224,7 @@ def _task_account(task_key: str, policy: UserPolicy) -> pwd.struct_passwd:
     """The per-task account of ``task_key``, allocated and created on first use."""
     state_file = policy.state_dir / "task-users.json"
     with _locked(policy):
+        policy.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             accounts: dict[str, str] = json.loads(state_file.read_text())
         except FileNotFoundError:

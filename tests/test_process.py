@@ -13,11 +13,13 @@ import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 
+from agent.errors import RunnerError
 from agent.process import UNKNOWN_EXIT_CODE, ProcessRunner, find_hierarchy
 from agent.runner import ExitResult, RunHandle, RunRequest, TaskUser
 from agent.status import ErrorCategory, FailureInfo
@@ -235,6 +237,16 @@ async def test_launch_failure_leaves_no_cgroup(root_agent: None, runner: Process
     job_id = f"nolaunch{os.getpid()}"
     executable(work / "wd" / "data.txt", "x", 0o644)
     assert isinstance(await runner.start(request(work, "./data.txt", job_id=job_id)), FailureInfo)
+    assert list((runner.hierarchy / "batch-agent").glob(f"{job_id}_*")) == []
+
+
+async def test_unwritable_log_is_the_agents_fault(root_agent: None, runner: ProcessRunner,
+                                                  work: Path) -> None:
+    job_id = f"nolog{os.getpid()}"
+    req = replace(request(work, "true", job_id=job_id), stdout=work / "missing-dir" / "stdout.txt")
+    with pytest.raises(RunnerError, match="missing-dir"):
+        await runner.start(req)
+    assert runner.hierarchy is not None
     assert list((runner.hierarchy / "batch-agent").glob(f"{job_id}_*")) == []
 
 

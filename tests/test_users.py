@@ -11,9 +11,7 @@ import grp
 import os
 import pwd
 import secrets
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,8 +32,6 @@ from agent.users import (
     resolve_user,
 )
 
-TEST_ROOT = Path("/tmp/batch-agent-tests")
-
 
 def identity(data: dict[str, Any] | None) -> UserIdentity | None:
     return None if data is None else UserIdentity.model_validate(data)
@@ -52,14 +48,11 @@ def policy(tmp_path: Path) -> UserPolicy:
 
 
 @pytest.fixture
-def task_dir() -> Iterator[Path]:
+def task_dir(node_root: Path) -> Path:
     """A task dir every task user can traverse (tmp_path is root-only)."""
-    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
-    path = Path(tempfile.mkdtemp(dir=TEST_ROOT))
-    path.chmod(0o755)
-    (path / "wd").mkdir(mode=0o755)
-    yield path
-    shutil.rmtree(path)
+    (node_root / "task" / "wd").mkdir(mode=0o755, parents=True)
+    (node_root / "task").chmod(0o755)
+    return node_root / "task"
 
 
 @pytest.fixture
