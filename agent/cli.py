@@ -215,8 +215,8 @@ def build_runner(config: AgentConfig, specs: Sequence[TaskBase], *, progress: An
     supported = {f for hook in (*prestart, *exited) for f in hook.handles}
     policy = policy_from_config(config)
 
-    def user_for(spec: TaskBase, kind: str, task_id: str) -> Any:
-        return resolve_user(spec.user_identity, kind, policy=policy, task_key=task_id)
+    def user_for(spec: TaskBase, kind: str, task_key: str) -> Any:
+        return resolve_user(spec.user_identity, kind, policy=policy, task_key=task_key)
 
     return TaskRunner(config=config, node=node_identity(config), runners=runners,
                       prestart=[GateHook(supported), TaskDirHook(), *prestart], exited=exited,

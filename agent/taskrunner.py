@@ -180,7 +180,7 @@ class TaskRunner:
                        stop: asyncio.Event) -> tuple[ExitResult | None, FailureInfo | None]:
         started_at = time.monotonic()
         deadline = started_at + limits.wall_clock.total_seconds() if limits.wall_clock else None
-        user = self.resolve_user(spec, kind, task_id)
+        user = self.resolve_user(spec, kind, f"{job_id}/{task_id}")
         if isinstance(user, FailureInfo):
             return None, user
         try:

@@ -74,7 +74,8 @@ def azurite_env() -> dict[str, str]:
 
 class Bench:
     def __init__(self, env: dict[str, str], work: Path) -> None:
-        self.account, self.key, self.endpoint = env["AZURITE_ACCOUNT"], env["AZURITE_KEY"], env["AZURITE_BLOB_URL"]
+        self.account, self.key = env["AZURITE_ACCOUNT"], env["AZURITE_KEY"]
+        self.endpoint = env["AZURITE_BLOB_URL"]
         conn = (f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
                 f"BlobEndpoint={self.endpoint};")
         self.svc = BlobServiceClient.from_connection_string(conn)
@@ -105,7 +106,8 @@ class Bench:
     # --- agent ------------------------------------------------------------------------------------
     async def _agent_download(self, files: list[ResourceFile], dest: Path) -> None:
         async with BlobTransport(transport_config(self.storage)) as transport:
-            result = await stage_resource_files(files, dest, user=ME, transport=transport, storage=self.storage)
+            result = await stage_resource_files(files, dest, user=ME, transport=transport,
+                                                storage=self.storage)
         assert isinstance(result, StagingResult), result
 
     def agent_download(self, files: list[ResourceFile], dest: Path) -> None:
@@ -148,7 +150,8 @@ def httpx_put(client: httpx.Client, url: str, src: Path) -> None:
             while chunk := f.read(4 * MiB):
                 yield chunk
 
-    resp = client.put(url, content=body(), headers={"x-ms-blob-type": "BlockBlob", "Content-Length": str(size)})
+    resp = client.put(url, content=body(),
+                      headers={"x-ms-blob-type": "BlockBlob", "Content-Length": str(size)})
     resp.raise_for_status()
 
 
@@ -198,7 +201,7 @@ def main() -> None:
     parser.add_argument("--small-kb", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="bench-storage-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    base = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     os.chmod(base, 0o755)
     bench = Bench(azurite_env(), base)
     try:
@@ -237,7 +240,8 @@ def report(bench: Bench, args: argparse.Namespace) -> None:
 
     down_big = run_rounds({
         "agent (stage_resource_files, httpUrl)": lambda: bench.agent_download(
-            [ResourceFile.model_validate({"httpUrl": big_url, "filePath": "big.bin"})], bench.fresh_dir("agdl")),
+            [ResourceFile.model_validate({"httpUrl": big_url, "filePath": "big.bin"})],
+            bench.fresh_dir("agdl")),
         "raw httpx (streamed GET)": lambda: httpx_get(client, big_url, bench.fresh_dir("hxdl") / "big.bin"),
         "SDK defaults (download_blob().readinto)": sdk_get_big,
     }, args.rounds)
@@ -322,13 +326,15 @@ def report(bench: Bench, args: argparse.Namespace) -> None:
     client.close()
 
     mb = size / 1e6
-    print(f"\nbatch-agent storage benchmark: {args.large_mb} MiB blob, {args.small} x {args.small_kb} KiB blobs, "
+    print(f"\nbatch-agent storage benchmark: {args.large_mb} MiB blob, "
+          f"{args.small} x {args.small_kb} KiB blobs, "
           f"best of {args.rounds} rounds, Azurite at {bench.endpoint}")
     ratios: list[tuple[str, float, str]] = []
+    n = args.small
     for title, table, unit, scale in (("large blob download", down_big, "MB/s", mb),
                                       ("large blob upload", up_big, "MB/s", mb),
-                                      (f"{args.small} small blobs download", down_small, "files/s", args.small),
-                                      (f"{args.small} small blobs upload", up_small, "files/s", args.small)):
+                                      (f"{n} small blobs download", down_small, "files/s", n),
+                                      (f"{n} small blobs upload", up_small, "files/s", n)):
         print(f"\n== {title}")
         rates = {name: scale / secs for name, secs in table.items()}
         for name, rate in rates.items():
