@@ -10,7 +10,8 @@ Cases, interleaved round by round so machine load hits them alike (medians of ``
 * batch-agent in process: ``TaskRunner`` with the gate, task-dir and image hooks and
   ``ContainerRunner`` (one shared client, as a service holds it), task ``true`` with ``--rm``;
 * batch-agent end to end: ``python -m agent run task.json`` (interpreter start, imports, orphan
-  sweep, client creation included), unless ``--no-cli``.
+  sweep, client creation included), unless ``--no-cli``; next to it ``python -m agent --version``,
+  the CLI's start-up that every ``run`` pays, container or not.
 
 Every container uses network ``none`` (no bridge traffic). The in-process case also prints where
 its time goes: each engine API call it makes, timed (median per task).
@@ -147,6 +148,9 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
             start = time.perf_counter()
             cli_run(task_file, cli_root, config_file)
             times["batch-agent run (CLI, end to end)"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            subprocess.run([PYTHON, "-m", "agent", "--version"], check=True, capture_output=True, cwd=REPO)
+            times["  of which CLI start-up (agent --version)"].append(time.perf_counter() - start)
 
     med = {name: statistics.median(values) * 1000 for name, values in times.items()}
     base = med["docker run --rm (CLI)"]
