@@ -261,3 +261,11 @@ async def test_rerun_replaces_the_kept_container_of_an_earlier_run(node: Node) -
     second = await node.run({"commandLine": "true"})
     assert second.info["exitCode"] == 0
     assert first.container_id != second.container_id and not node.exists(first.container_id)
+
+
+async def test_output_file_that_cannot_be_created_fails_and_leaves_no_container(node: Node) -> None:
+    (node.root / "workitems" / "job1" / "job-1" / "t1" / "stdout.txt").mkdir(parents=True)
+    ran = await node.run({"commandLine": "true"})
+    failure = ran.info["failureInfo"]
+    assert failure["code"] == "ContainerMiscError" and "stdout.txt" in failure["details"][0]["value"]
+    assert not node.client.api.containers(all=True, filters={"label": f"{LABEL_NODE_ROOT}={node.root}"})

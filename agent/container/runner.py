@@ -258,16 +258,22 @@ class ContainerRunner:
         except (DockerException, TypeError, ValueError) as exc:
             return _create_failure(exc)
         attempt = _Attempt(remove_after=container.remove_after)
-        self._attempts[container_id] = attempt
-        out = _open_output(request.stdout, request.user)
-        err = _open_output(request.stderr, request.user)
+        try:
+            out = _open_output(request.stdout, request.user)
+            err = _open_output(request.stderr, request.user)
+        except OSError as exc:
+            self._discard(client, container_id)
+            return FailureInfo.server("ContainerMiscError", "The task's stdout.txt / stderr.txt could not "
+                                      "be created", Message=f"{exc.strerror or exc}: {exc.filename or ''}")
         try:
             attempt.stream = client.api.attach(container_id, stdout=True, stderr=True, stream=True,
                                                logs=True, demux=True)
         except BaseException:
             out.close()
             err.close()
+            self._discard(client, container_id)
             raise
+        self._attempts[container_id] = attempt
         attempt.pump = threading.Thread(target=_pump, args=(attempt.stream, out, err, attempt.pump_error),
                                          name=f"batch-agent-logs-{container_id[:12]}", daemon=True)
         attempt.pump.start()
@@ -277,8 +283,17 @@ class ContainerRunner:
             # The engine keeps the error and an exit code in the container's state; wait() reports.
             log.info("container start failed", container_id=container_id[:12], error=exc.explanation)
             _close_stream(attempt)
-        log.info("container started", container_id=container_id[:12], image=container.image)
+        else:
+            log.info("container started", container_id=container_id[:12], image=container.image)
         return RunHandle(kind="container", container_id=container_id)
+
+    @staticmethod
+    def _discard(client: Any, container_id: str) -> None:
+        """Remove a container that will never run (start could not be prepared)."""
+        from docker.errors import DockerException
+
+        with contextlib.suppress(DockerException):
+            client.api.remove_container(container_id, v=True, force=True)
 
     # --- wait ----------------------------------------------------------------------------------
 
