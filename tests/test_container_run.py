@@ -8,6 +8,7 @@ container's end, never on sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -60,21 +61,25 @@ class Ran:
 
 
 class Node:
+    """One node root with a task runner wired as the CLI wires it (containers only)."""
+
     def __init__(self, root: Path, client: Any, image: str) -> None:
         self.root, self.client, self.image = root, client, image
+        self.user = TASK_USER
+        config = replace(AgentConfig(), node=replace(NodeConfig(), root=root),
+                         tasks=replace(TaskConfig(), kill_grace=0.0), docker=DockerConfig(network="none"))
+        runner = ContainerRunner(config.docker, client=client)
+        self.task_runner = TaskRunner(
+            config=config, node=NODE, runners={"container": runner},
+            prestart=[GateHook({"containerSettings"}), TaskDirHook(),
+                      ImageHook(runner.client, config.docker)],
+            exited=[], resolve_user=lambda spec, kind, task_id: self.user)
 
     async def run(self, task: dict[str, Any], *, user: TaskUser = TASK_USER, **settings: Any) -> Ran:
         task = {"id": "t1", **task}
         task["containerSettings"] = {"imageName": self.image, **task.get("containerSettings", {}), **settings}
-        config = replace(AgentConfig(), node=replace(NodeConfig(), root=self.root),
-                         tasks=replace(TaskConfig(), kill_grace=0.0), docker=DockerConfig(network="none"))
-        runner = ContainerRunner(config.docker, client=self.client)
-        task_runner = TaskRunner(
-            config=config, node=NODE, runners={"container": runner},
-            prestart=[GateHook({"containerSettings"}), TaskDirHook(),
-                      ImageHook(runner.client, config.docker)],
-            exited=[], resolve_user=lambda spec, kind, task_id: user)
-        outcome = await task_runner.run(TaskSpec.model_validate(task), job_id="job1")
+        self.user = user
+        outcome = await self.task_runner.run(TaskSpec.model_validate(task), job_id="job1")
         return Ran(outcome, self.root / "workitems" / "job1" / "job-1" / task["id"])
 
     def exists(self, container_id: str) -> bool:
@@ -269,3 +274,18 @@ async def test_output_file_that_cannot_be_created_fails_and_leaves_no_container(
     failure = ran.info["failureInfo"]
     assert failure["code"] == "ContainerMiscError" and "stdout.txt" in failure["details"][0]["value"]
     assert not node.client.api.containers(all=True, filters={"label": f"{LABEL_NODE_ROOT}={node.root}"})
+
+
+async def test_terminate_stops_kills_and_removes_the_container(node: Node) -> None:
+    fifo = node.root / "shared" / "ready"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    task = asyncio.create_task(node.run({"commandLine": sh(f"echo up > {fifo}; exec sleep 60")}))
+    assert await asyncio.to_thread(fifo.read_text) == "up\n"     # the container runs
+    node.task_runner.terminate("job1", "t1")
+    ran = await task
+    assert ran.info["failureInfo"]["code"] == "TaskEnded"
+    assert ran.info["failureInfo"]["category"] == "usererror"
+    assert ran.info["exitCode"] == 137 and ran.info["containerInfo"]["state"] == "exited"
+    assert not node.exists(ran.container_id)
