@@ -22,10 +22,10 @@ WRONG_PASSWORD = "Cli-Wr0ng-Pa55-k2Vb"
 
 
 class Cli:
-    def __init__(self, root: Path, tmp: Path, image: str, client: Any) -> None:
+    def __init__(self, root: Path, tmp: Path, image: str, client: Any, extra_config: str = "") -> None:
         self.root, self.tmp, self.image, self.client = root, tmp, image, client
         self.config = tmp / "agent.toml"
-        self.config.write_text('[docker]\nnetwork = "none"\n[tasks]\nkill_grace = 0\n')
+        self.config.write_text('[docker]\nnetwork = "none"\n[tasks]\nkill_grace = 0\n' + extra_config)
 
     def __call__(self, command: str, task: dict[str, Any], *extra: str) -> tuple[int, Any, str]:
         task = {"commandLine": "true", **task}
@@ -116,3 +116,23 @@ def test_plan_shows_the_container_creation(cli: Cli) -> None:
     assert container["network"] == "none" and container["remove_after"] is True
     assert container["options"]["mem_limit"] == 64 * 1024 * 1024
     assert "x-Secret-456" not in output and "tok-Secret-123" not in output
+
+
+@pytest.mark.azurite
+def test_resource_and_output_files_work_unchanged(node_root: Path, tmp_path: Path, test_image: str,
+                                                  docker_client: Any, azurite: Any) -> None:
+    inputs, in_sas = azurite.container(permission="rl")
+    azurite.upload(inputs, "data/in.txt", b"from-blob\n")
+    outputs, out_sas = azurite.container(permission="racwl")
+    storage = (f"[storage]\nbackoff = 0\nretries = 2\nconnection_string = '{azurite.connection_string}'\n")
+    cli = Cli(node_root, tmp_path, test_image, docker_client, storage)
+    task = {"id": "files", "commandLine": "sh -c 'tr a-z A-Z < data/in.txt > result.txt'",
+            "containerSettings": {"containerRunOptions": "--rm"},
+            "resourceFiles": [{"storageContainerUrl": in_sas, "blobPrefix": "data/"}],
+            "outputFiles": [{"filePattern": "result.txt",
+                             "destination": {"container": {"containerUrl": out_sas, "path": "r/result.txt"}},
+                             "uploadOptions": {"uploadCondition": "taskSuccess"}}]}
+    rc, data, _ = cli("run", task)
+    assert rc == 0, data
+    assert data["task"]["executionInfo"]["containerInfo"]["state"] == "exited"
+    assert azurite.download(outputs, "r/result.txt") == b"FROM-BLOB\n"
