@@ -13,7 +13,8 @@ non-elevated user, files are opened by a helper process that lives for one uploa
 it) that first calls ``setgroups`` (root's groups are dropped), ``setgid`` and ``setuid`` to the
 task user's ids, reports its euid, and only then serves requests: absolute paths come in over a
 ``SOCK_SEQPACKET`` socketpair, it opens each ``O_RDONLY | O_NONBLOCK`` and sends the fd back with
-``SCM_RIGHTS``. The kernel thus checks every directory, every symlink and the target with the
+``SCM_RIGHTS`` (the exchange runs in the event loop, one request at a time, on a non-blocking
+socket). The kernel thus checks every directory, every symlink and the target with the
 task user's credentials: a link a nonadmin task planted to a root-only file gives ``EACCES`` and
 fails the upload instead of leaking the file. Having changed ids from root, the helper is not
 dumpable, so the task user cannot ptrace it. The agent checks that each fd it gets is a regular
@@ -28,7 +29,8 @@ through; they are owned by the task user and mode 0644.
 Choices where Batch is silent (UNCONFIRMED): a pattern that matches nothing (literal or not) is
 logged, not an error; an unreadable file fails the upload (UserError, ``FileUploadMiscError``);
 the first failure stops the remaining uploads; upload logs are written whenever the task has
-``outputFiles``, even if no condition matched.
+``outputFiles``, even if no condition matched, and ``fileuploaderr.txt`` is then empty; its JSON
+carries UPLOADER's ``code`` (by HTTP status) plus a ``message`` field.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -100,6 +101,11 @@ class UploadResult:
     seconds: float
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _primary_gid(uid: int) -> int:
     try:
         return pwd.getpwuid(uid).pw_gid
@@ -124,7 +130,8 @@ class FileOpener:
         self.helper = (os.geteuid() == 0 and user.uid not in (None, 0) and not user.elevated)
         self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self._lock = threading.Lock()
+        self._lock = asyncio.Lock()
+        self._owed = 0
 
     async def __aenter__(self) -> FileOpener:
         if not self.helper:
@@ -141,16 +148,18 @@ class FileOpener:
                 ",".join(str(g) for g in self.user.groups), pass_fds=(child.fileno(),), cwd="/", env={},
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             child.close()
-            ready = await asyncio.to_thread(parent.recv, 64)
+            parent.setblocking(False)
+            self._sock = parent
+            ready, _ = await self._reply()
             if ready != b"R%d" % uid:
                 raise OSError(errno.EPERM, "the file-reading helper could not switch to the task user")
         except BaseException:
+            self._sock = None
             parent.close()
             child.close()
             if self._proc is not None:
                 await self._proc.wait()
             raise
-        self._sock = parent
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -160,11 +169,37 @@ class FileOpener:
         if self._proc is not None:
             await self._proc.wait()
 
-    def _via_helper(self, path: Path) -> int:
+    async def _reply(self) -> tuple[bytes, list[int]]:
+        """The helper's next answer, read in the event loop (the socket is non-blocking)."""
+        sock = self._sock
+        assert sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(sock, 64, 1)
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_reader(sock.fileno(), _wake, ready)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(sock.fileno())
+                continue
+            if not msg and not fds:
+                raise OSError(errno.EPIPE, "the file-reading helper exited")
+            return msg, fds
+
+    async def _via_helper(self, path: Path) -> int:
         assert self._sock is not None
-        with self._lock:
+        async with self._lock:
+            while self._owed:                   # answers to requests whose caller was cancelled
+                for fd in (await self._reply())[1]:
+                    os.close(fd)
+                self._owed -= 1
             self._sock.send(os.fsencode(path))
-            msg, fds, _, _ = socket.recv_fds(self._sock, 64, 1)
+            self._owed += 1
+            msg, fds = await self._reply()
+            self._owed -= 1
         if fds and msg == b"K":
             return fds[0]
         for fd in fds:
@@ -175,7 +210,7 @@ class FileOpener:
     async def open(self, path: Path) -> int:
         """A read-only fd of the regular file ``path`` (symlinks followed with the user's rights)."""
         if self.helper:
-            fd = await asyncio.to_thread(self._via_helper, path)
+            fd = await self._via_helper(path)
         else:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -209,9 +244,13 @@ class UploadLog:
     def close(self, error: Mapping[str, object] | None) -> None:
         try:
             fd = self._create("fileuploaderr.txt")
-            if error is not None:
-                os.write(fd, (redact_text(json.dumps(error)) + "\n").encode())
-            os.close(fd)
+            try:
+                if error is not None:
+                    os.write(fd, (redact_text(json.dumps(error)) + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass                    # the result does not depend on the log; the failure value stands
         finally:
             os.close(self._out)
             os.close(self._dir)
@@ -246,13 +285,20 @@ async def upload_outputs(outputs: Sequence[OutputFile], *, exit_code: int, wd: P
     started = time.monotonic()
     owner = (user.uid, user.gid if user.gid is not None else -1) \
         if user.uid is not None and os.geteuid() == 0 else None
-    log = UploadLog(task_dir, owner)
+    try:
+        log = UploadLog(task_dir, owner)
+    except OSError as exc:          # e.g. a task process keeps re-planting a link at the log's name
+        return _local_failure("The upload log could not be created in the task directory", exc)
     error: dict[str, object] | None = None
     try:
         log.line(f"System default encoding={sys.getdefaultencoding()}, filesystem encoding="
                  f"{sys.getfilesystemencoding()}, "
                  f"default locale encoding={locale.getpreferredencoding(False)}")
-        result = await _upload(outputs, exit_code, wd, env, user, transport, concurrency, progress, log)
+        try:
+            result = await _upload(outputs, exit_code, wd, env, user, transport, concurrency, progress, log)
+        except OSError as exc:      # the helper could not start; not a task's fault
+            failure = _local_failure("Output files could not be read on the node", exc)
+            result = _failed(failure, None, "", None, "")
         if isinstance(result, _Failed):
             error = result.report
             log.line(f"Upload failed: {result.failure.code}: {result.failure.message}")
@@ -310,6 +356,10 @@ async def _upload(outputs: Sequence[OutputFile], exit_code: int, wd: Path, env: 
     if failed:
         return failed[0]
     return totals[0], totals[1]
+
+
+def _local_failure(message: str, exc: OSError) -> FailureInfo:
+    return FailureInfo.server("FileUploadMiscError", message, Message=redact_text(exc.strerror or str(exc)))
 
 
 def _destination_problem(out: OutputFile) -> FailureInfo | None:
