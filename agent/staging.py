@@ -24,14 +24,15 @@ well-kept library offers ``openat`` walks for asyncio downloads.)
 Choices where Batch is silent (UNCONFIRMED): directories created here get ``fileMode`` plus
 ``x`` wherever it grants ``r``, and always ``rwx`` for the owner (0770 -> 0770, 0644 -> 0755);
 existing directories are left alone. When two entries name the same file, the later one wins.
-An ``identityReference`` fails the task: this node has no managed identity endpoint and
-azure-identity is not a dependency (it is not installed), so no token could be obtained.
+An ``identityReference`` fails the task (UserError ``TaskFeatureNotSupported``): azure-identity is
+not a dependency, and is not installed here, so no token could be obtained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import importlib.util
 import os
 import stat
 import time
@@ -159,14 +160,22 @@ def auto_storage_container(name: str, storage: StorageConfig) -> tuple[str, Shar
     return f"{url}?{sas.lstrip('?')}", None
 
 
+def identity_note() -> str:
+    """Why ``identityReference`` cannot be served here (checked, not assumed)."""
+    if importlib.util.find_spec("azure.identity") is None:
+        return ("it needs a managed-identity token, and azure-identity is not installed on this node "
+                "(batch-agent fetches no identity tokens itself)")
+    return "azure-identity is installed, but batch-agent does not use managed identities"
+
+
 def _source(rf: ResourceFile, index: int, storage: StorageConfig,
             ) -> tuple[str, SharedKey | None] | FailureInfo:
     field = f"resourceFiles[{index}]"
     if rf.identity_reference is not None:
         return FailureInfo.user(
             "TaskFeatureNotSupported",
-            "identityReference (a managed identity of the pool) cannot be used by batch-agent: this node "
-            "has no Azure managed identity endpoint and azure-identity is not installed. Give a SAS URL.",
+            f"identityReference (a managed identity of the pool) is not supported here: {identity_note()}. "
+            "Give a URL with a SAS instead.",
             FieldName=f"{field}.identityReference")
     if rf.http_url:
         return rf.http_url, None

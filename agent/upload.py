@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import json
 import locale
 import os
@@ -362,13 +363,20 @@ def _local_failure(message: str, exc: OSError) -> FailureInfo:
     return FailureInfo.server("FileUploadMiscError", message, Message=redact_text(exc.strerror or str(exc)))
 
 
+def identity_note() -> str:
+    """Why ``identityReference`` cannot be served here (checked, not assumed)."""
+    if importlib.util.find_spec("azure.identity") is None:
+        return ("it needs a managed-identity token, and azure-identity is not installed on this node "
+                "(batch-agent fetches no identity tokens itself)")
+    return "azure-identity is installed, but batch-agent does not use managed identities"
+
+
 def _destination_problem(out: OutputFile) -> FailureInfo | None:
     dest = out.destination.container
     if dest.identity_reference is not None:
         return FailureInfo.user(
-            "FileUploadAccessDenied", "identityReference (a managed identity of the pool) cannot be used by "
-            "batch-agent: this node has no Azure managed identity endpoint and azure-identity is not "
-            "installed. Give a container URL with a SAS that allows writes.",
+            "FileUploadAccessDenied", "identityReference (a managed identity of the pool) is not supported "
+            f"here: {identity_note()}. Give a container URL with a SAS that allows writes.",
             Pattern=out.file_pattern, ContainerUrl=redact_url(dest.container_url))
     try:
         blob_headers({h.name: h.value or "" for h in dest.upload_headers or ()})
