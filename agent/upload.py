@@ -48,7 +48,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,10 +69,7 @@ os.setgroups([int(g) for g in sys.argv[4].split(",") if g])
 os.setgid(int(sys.argv[3]))
 os.setuid(int(sys.argv[2]))
 s.send(b"R%d" % os.geteuid())
-while True:
-    path = s.recv(65536)
-    if not path:
-        break
+while path := s.recv(65536):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
@@ -116,11 +113,7 @@ def _primary_gid(uid: int) -> int:
 
 def condition_matches(condition: str, exit_code: int) -> bool:
     """``uploadCondition`` against the process exit code (§7.1)."""
-    if condition == "tasksuccess":
-        return exit_code == 0
-    if condition == "taskfailure":
-        return exit_code != 0
-    return True
+    return {"tasksuccess": exit_code == 0, "taskfailure": exit_code != 0}.get(condition, True)
 
 
 class FileOpener:
@@ -338,22 +331,27 @@ async def _upload(outputs: Sequence[OutputFile], exit_code: int, wd: Path, env: 
         items += [(i, _Item(out, res, m, blob_name(res, m, out.destination.container.path))) for m in matches]
     totals = [0, 0]
     failed: list[_Failed] = []
-    async with FileOpener(user) as opener:
-        def job(i: int, item: _Item) -> Callable[[], Awaitable[FailureInfo | None]]:
-            async def go() -> FailureInfo | None:
-                got = await _one(item, headers[i], opener, transport, log)
-                if isinstance(got, _Failed):
-                    failed.append(got)
-                    return got.failure
-                totals[0] += 1
-                totals[1] += got
-                if progress is not None:
-                    progress.add(got)
-                    progress.advance(got)
-                return None
-            return go
+    sem = asyncio.Semaphore(max(1, concurrency))
 
-        await _bounded([job(i, item) for i, item in items], concurrency)
+    async def go(opener: FileOpener, i: int, item: _Item) -> None:
+        async with sem:
+            got = await _one(item, headers[i], opener, transport, log)
+        if isinstance(got, _Failed):
+            failed.append(got)
+            raise _Stop                 # leaves the TaskGroup: the uploads still running are cancelled
+        totals[0] += 1
+        totals[1] += got
+        if progress is not None:
+            progress.add(got)
+            progress.advance(got)
+
+    async with FileOpener(user) as opener:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i, item in items:
+                    group.create_task(go(opener, i, item))
+        except* _Stop:
+            pass
     if failed:
         return failed[0]
     return totals[0], totals[1]
@@ -413,21 +411,4 @@ async def _one(item: _Item, headers: Mapping[str, str], opener: FileOpener, tran
 
 
 class _Stop(Exception):
-    """Leaves the TaskGroup at the first failure, cancelling the uploads still running."""
-
-
-async def _bounded(jobs: Sequence[Callable[[], Awaitable[FailureInfo | None]]], limit: int) -> None:
-    """At most ``limit`` jobs at a time; the first failure cancels the ones still running."""
-    sem = asyncio.Semaphore(max(1, limit))
-
-    async def one(job: Callable[[], Awaitable[FailureInfo | None]]) -> None:
-        async with sem:
-            if await job() is not None:
-                raise _Stop
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for job in jobs:
-                group.create_task(one(job))
-    except* _Stop:
-        pass
+    """The first failure: ends the TaskGroup of uploads."""
