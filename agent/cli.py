@@ -100,7 +100,7 @@ def _emit(data: Any, text: str, output: str) -> None:
 def _validate(args: argparse.Namespace) -> int:
     doc = load_document(args.file)
     tasks = doc.tasks
-    summary = {"valid": True, "kind": doc.kind, "tasks": [t.id for t in tasks]}
+    summary: dict[str, Any] = {"valid": True, "kind": doc.kind, "tasks": [t.id for t in tasks]}
     if isinstance(doc.model, JobSpec):
         summary["id"] = doc.model.id
     text = f"{args.file}: valid {doc.kind}" + (f" ({len(tasks)} tasks)" if doc.kind == "collection" else "")
@@ -181,7 +181,7 @@ def _plan(args: argparse.Namespace, config: AgentConfig) -> int:
             data = {**plan_job(job, ctx), **({"task": data} if len(tasks) == 1 else data)}
     if args.check:
         from agent.preflight import run_checks
-        data["check"] = asyncio.run(run_checks(_all_specs(None, ctx.job) + doc.tasks, config))
+        data["check"] = asyncio.run(run_checks([*_all_specs(None, ctx.job), *doc.tasks], config))
     _emit(data, render_text(data), args.output)
     return 0
 

@@ -99,7 +99,7 @@ def _convert(section: str, name: str, kind: Any, value: Any) -> Any:
             raise ConfigError([Issue(path, "must be a number of seconds or an ISO 8601 duration")])
         return float(value)
     expected = {"bool": bool, "int": int, "str": str}.get(kind if isinstance(kind, str) else kind.__name__)
-    if expected is int and isinstance(value, bool) or expected and not isinstance(value, expected):
+    if (expected is int and isinstance(value, bool)) or (expected and not isinstance(value, expected)):
         raise ConfigError([Issue(path, f"must be a {expected.__name__ if expected else kind}")])
     return value
 

@@ -50,7 +50,7 @@ def _resource_files(spec: TaskBase, wd: str) -> list[dict[str, Any]]:
             dest = str(PurePosixPath(wd) / (rf.file_path or ""))
         else:
             source = {"storageContainerUrl": redact_url(rf.storage_container_url)} if rf.storage_container_url \
-                else {"autoStorageContainerName": rf.auto_storage_container_name}
+                else {"autoStorageContainerName": rf.auto_storage_container_name or ""}
             if rf.blob_prefix:
                 source["blobPrefix"] = rf.blob_prefix
             dest = str(PurePosixPath(wd) / (rf.file_path or "")) + "/<blob name>"
@@ -104,7 +104,7 @@ def _container(spec: TaskBase, argv: tuple[str, ...], env: dict[str, str], user:
 
 
 def plan_task(spec: TaskBase, ctx: PlanContext, *, kind: str = TASK, task_id: str | None = None) -> dict[str, Any]:
-    task_id = task_id or getattr(spec, "id", kind)
+    task_id = task_id or str(getattr(spec, "id", None) or kind)
     layout = NodeLayout(ctx.config.node.root)
     dirs = layout.task(ctx.job_id, task_id)
     user, user_text = _user(spec, kind, ctx)

@@ -10,7 +10,7 @@ returns a ``FailureInfo`` instead of a handle. A non-zero exit is a value too (`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,11 +68,12 @@ class RunHandle:
     marker: str | None = None         # value identifying the task's processes (sweep)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunHandle:
-        return cls(**{k: data.get(k) for k in cls.__slots__})  # type: ignore[attr-defined]
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)}
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)

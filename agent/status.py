@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -40,14 +40,14 @@ class JobState(enum.StrEnum):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def format_time(value: datetime | None) -> str | None:
     """RFC 3339 with 7 fractional digits and ``Z``, as the Batch service writes times."""
     if value is None:
         return None
-    value = value.astimezone(timezone.utc)
+    value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond:06d}0Z"
 
 
@@ -58,7 +58,7 @@ def parse_time(value: str | None) -> datetime | None:
     if "." in text:
         head, frac = text.split(".", 1)
         text = f"{head}.{frac[:6]}"
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)

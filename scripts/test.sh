@@ -112,16 +112,8 @@ run_step() { # run_step NAME CMD...
 if [ "${SKIP_LINT:-0}" = 1 ]; then
   banner "SKIP_LINT=1: skipping ruff, mypy, import-linter"
 else
-  # ruff and mypy are advisory until the lint debt of the first integration is paid
-  # (LINT_STRICT=1 makes them fail the run); import-linter always gates.
-  if [ "${LINT_STRICT:-0}" = 1 ]; then
-    run_step ruff "$VENV/bin/ruff" check --output-format=concise agent tests
-    run_step mypy "$VENV/bin/mypy"
-  else
-    banner "ruff + mypy (advisory; LINT_STRICT=1 to gate)"
-    "$VENV/bin/ruff" check --output-format=concise agent tests | tail -5 || true
-    "$VENV/bin/mypy" | tail -5 || true
-  fi
+  run_step ruff "$VENV/bin/ruff" check --output-format=concise agent tests
+  run_step mypy "$VENV/bin/mypy"
   run_step import-linter "$VENV/bin/lint-imports" --no-logo
 fi
 

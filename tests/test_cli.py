@@ -235,6 +235,7 @@ def test_job_action_ends_the_job(agent: Any, tmp_path: Path, action: str, state:
 def test_default_job_action_terminates_a_performing_job(agent: Any, tmp_path: Path) -> None:
     job = write(tmp_path / "job.json", {"id": "djob", "poolInfo": {}, "onTaskFailure": "performexitoptionsjobaction"})
     rc, data, _ = agent.run({"id": "f", "commandLine": "/bin/false"}, "--job", str(job))
+    assert rc == 1
     assert data["job"]["state"] == "completed" and data["job"]["executionInfo"]["terminateReason"] == "TaskFailed"
 
 

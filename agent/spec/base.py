@@ -63,9 +63,10 @@ def _enum_validator(canonical: tuple[str, ...]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def CaseEnum(*canonical: str) -> Any:  # noqa: N802 - reads as a type in annotations
-    """A string enum matched case-insensitively and stored in its canonical spelling."""
-    return Annotated[str, _enum_validator(canonical)]
+def one_of(*canonical: str) -> BeforeValidator:
+    """For ``Annotated[str, one_of(...)]``: a string enum matched case-insensitively and stored
+    in its canonical spelling."""
+    return _enum_validator(canonical)
 
 
 def _duration(value: Any) -> Any:

@@ -7,12 +7,12 @@ they are and reported by ``plan`` as not applying on a node.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from agent.spec.base import BatchModel, CaseEnum, Duration
+from agent.spec.base import BatchModel, Duration, one_of
 from agent.spec.task import (
     DEFAULT_RETENTION,
     ApplicationPackageReference,
@@ -105,8 +105,8 @@ class JobSpec(BatchModel):
     job_release_task: JobReleaseTask | None = None
     common_environment_settings: list[EnvironmentSetting] | None = None
     pool_info: dict[str, Any]
-    on_all_tasks_complete: CaseEnum("noaction", "terminatejob") | None = None
-    on_task_failure: CaseEnum("noaction", "performexitoptionsjobaction") | None = None
+    on_all_tasks_complete: Annotated[str, one_of("noaction", "terminatejob")] | None = None
+    on_task_failure: Annotated[str, one_of("noaction", "performexitoptionsjobaction")] | None = None
     network_configuration: dict[str, Any] | None = None
     metadata: list[dict[str, Any]] | None = None
     task_factory: dict[str, Any] | None = None

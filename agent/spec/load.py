@@ -74,8 +74,9 @@ def detect_kind(data: Any) -> Kind:
 
 def load_data(data: Any, *, kind: Kind | None = None, source: str = "<input>") -> Document:
     kind = kind or detect_kind(data)
-    model_type: type[TaskSpec | JobSpec | TaskCollection] = {
-        "task": TaskSpec, "job": JobSpec, "collection": TaskCollection}[kind]
+    models: dict[str, type[TaskSpec] | type[JobSpec] | type[TaskCollection]] = {
+        "task": TaskSpec, "job": JobSpec, "collection": TaskCollection}
+    model_type = models[kind]
     if not isinstance(data, dict):
         raise SpecError([Issue("", f"a {kind} must be a JSON object, not {type(data).__name__}")], source=source)
     try:
@@ -169,7 +170,7 @@ def check_task_in_job(task: TaskSpec, job: JobSpec | None) -> list[Issue]:
                                 f"({code}); choose another task id"))
     if task.depends_on and not job.uses_task_dependencies:
         issues.append(Issue("dependsOn", "the job does not set usesTaskDependencies: true "
-                            "(TaskDependenciesNotSpecificedOnJob); set it on the job or remove dependsOn"))
+                            "(TaskDependenciesNotSpecifiedOnJob); set it on the job or remove dependsOn"))
     if job.task_failure_mode == "noaction" and task.exit_conditions:
         ec = task.exit_conditions
         named = [("preProcessingError", ec.pre_processing_error), ("fileUploadError", ec.file_upload_error),

@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import PurePosixPath
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from agent.spec.base import BatchModel, CaseEnum, Duration
+from agent.spec.base import BatchModel, Duration, one_of
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ID_RULE = "1 to 64 characters: letters, digits, '-' and '_'"
@@ -104,7 +104,7 @@ class ContainerRegistryReference(BatchModel):
 
 
 class ContainerHostBatchBindMountEntry(BatchModel):
-    source: CaseEnum("Shared", "Startup", "VfsMounts", "Task", "JobPrep", "Applications") | None = None
+    source: Annotated[str, one_of("Shared", "Startup", "VfsMounts", "Task", "JobPrep", "Applications")] | None = None
     is_read_only: bool | None = None
 
 
@@ -112,13 +112,13 @@ class TaskContainerSettings(BatchModel):
     container_run_options: str | None = None
     image_name: str = Field(min_length=1)
     registry: ContainerRegistryReference | None = None
-    working_directory: CaseEnum("taskWorkingDirectory", "containerImageDefault") | None = None
+    working_directory: Annotated[str, one_of("taskWorkingDirectory", "containerImageDefault")] | None = None
     container_host_batch_bind_mounts: list[ContainerHostBatchBindMountEntry] | None = None
 
 
 class ExitOptions(BatchModel):
-    job_action: CaseEnum("none", "disable", "terminate") | None = None
-    dependency_action: CaseEnum("satisfy", "block") | None = None
+    job_action: Annotated[str, one_of("none", "disable", "terminate")] | None = None
+    dependency_action: Annotated[str, one_of("satisfy", "block")] | None = None
 
 
 class ExitCodeMapping(BatchModel):
@@ -126,17 +126,22 @@ class ExitCodeMapping(BatchModel):
     exit_options: ExitOptions
 
 
-class ExitCodeRangeMapping(BatchModel):
+class _Range(BatchModel):
+    """An inclusive ``start``..``end`` range (exit codes, task ids)."""
+
     start: int
     end: int
-    exit_options: ExitOptions
 
     @model_validator(mode="after")
-    def _ordered(self) -> ExitCodeRangeMapping:
+    def _ordered(self) -> _Range:
         if self.start > self.end:
             raise PydanticCustomError("range_order", "start ({start}) must be <= end ({end})",
                                       {"start": self.start, "end": self.end})
         return self
+
+
+class ExitCodeRangeMapping(_Range):
+    exit_options: ExitOptions
 
 
 class ExitConditions(BatchModel):
@@ -164,7 +169,7 @@ class OutputFileDestination(BatchModel):
 
 
 class OutputFileUploadConfiguration(BatchModel):
-    upload_condition: CaseEnum("tasksuccess", "taskfailure", "taskcompletion")
+    upload_condition: Annotated[str, one_of("tasksuccess", "taskfailure", "taskcompletion")]
 
 
 class OutputFile(BatchModel):
@@ -180,8 +185,8 @@ class TaskConstraints(BatchModel):
 
 
 class AutoUserSpecification(BatchModel):
-    scope: CaseEnum("task", "pool") | None = None
-    elevation_level: CaseEnum("nonadmin", "admin") | None = None
+    scope: Annotated[str, one_of("task", "pool")] | None = None
+    elevation_level: Annotated[str, one_of("nonadmin", "admin")] | None = None
 
 
 class UserIdentity(BatchModel):
@@ -195,16 +200,8 @@ class UserIdentity(BatchModel):
         return self
 
 
-class TaskIdRange(BatchModel):
-    start: int
-    end: int
-
-    @model_validator(mode="after")
-    def _ordered(self) -> TaskIdRange:
-        if self.start > self.end:
-            raise PydanticCustomError("range_order", "start ({start}) must be <= end ({end})",
-                                      {"start": self.start, "end": self.end})
-        return self
+class TaskIdRange(_Range):
+    pass
 
 
 class TaskDependencies(BatchModel):
@@ -232,7 +229,7 @@ class ApplicationPackageReference(BatchModel):
 
 
 class AuthenticationTokenSettings(BatchModel):
-    access: list[CaseEnum("job")] | None = None
+    access: list[Annotated[str, one_of("job")]] | None = None
 
 
 class AffinityInfo(BatchModel):
