@@ -27,11 +27,12 @@ Choices where the sources are silent (UNCONFIRMED):
   brackets. wcmatch adds ``[^abc]`` (= ``[!abc]``) and POSIX classes (``[[:digit:]]``).
 * An empty ``path`` is treated as no path.
 
-wcmatch (``glob`` with ``GLOBSTAR | NODIR``) walks the wildcard tail: it already has the dot rule,
+wcmatch (``glob`` with ``GLOBSTAR``) walks the wildcard tail: it already has the dot rule,
 globstar and the no-follow rule measured in tests/test_patterns.py. It cannot be configured to
 the rest, so this module escapes backslashes (wcmatch's escape character), decides "has a
 wildcard" itself (``is_magic`` flags any ``[``, ``]`` or ``\\``), and re-checks each match with
-``stat`` (wcmatch returns dangling symlinks).
+``stat`` (wcmatch returns dangling symlinks). wcmatch's ``NODIR`` is not used: it also drops
+file names that end in a backslash (wcmatch 12.0), and the ``stat`` check drops directories.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from wcmatch import glob as wcglob
 
 _VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # the same tokens as posixpath.expandvars
 _WILDCARD = re.compile(r"[*?]|\[!?+\]?+[^\]]*\]")  # an unclosed "[" stays literal (fnmatch)
-_GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.NODIR
+_GLOB_FLAGS = wcglob.GLOBSTAR
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent.patterns import (
@@ -249,6 +249,8 @@ def test_literal_name_matches_only_itself(name: str, path: str | None) -> None:
 
 
 @given(name=_NAMES.filter(lambda n: n not in (".", "..")))
+@example(name="[\\")  # found by CI: wcmatch's NODIR dropped names ending in a backslash
+@example(name="a\\")
 def test_bracket_escaped_name_matches_only_itself(name: str) -> None:
     """Any file name, its wildcard and $ characters written as [*], [?], [[], [$], matches only itself."""
     holder, wd = _one_file(name)
@@ -258,3 +260,11 @@ def test_bracket_escaped_name_matches_only_itself(name: str) -> None:
         matches = match_files(resolved)
         assert [(m.path, m.relative_name) for m in matches] == [(wd / name, name)]
         assert blob_name(resolved, matches[0], "out") == ("out/" + name if resolved.has_wildcard else "out")
+
+
+@pytest.mark.parametrize("pattern", ["*", "a?", "a*", "**/*"])
+def test_wildcards_match_names_ending_in_backslash(tmp_path: Path, pattern: str) -> None:
+    (tmp_path / "a\\").write_text("x")
+    (tmp_path / "dir").mkdir()
+    names = [m.relative_name for m in match_files(resolve_pattern(pattern, tmp_path, {}))]
+    assert names == ["a\\"]
