@@ -25,7 +25,7 @@ class Cli:
     def __init__(self, root: Path, tmp: Path, image: str, client: Any, extra_config: str = "") -> None:
         self.root, self.tmp, self.image, self.client = root, tmp, image, client
         self.config = tmp / "agent.toml"
-        self.config.write_text('[docker]\nnetwork = "none"\n[tasks]\nkill_grace = 0\n' + extra_config)
+        self.config.write_text('[docker]\nnetwork = "none"\nstop_grace = 0\n[tasks]\nkill_grace = 0\n' + extra_config)
 
     def __call__(self, command: str, task: dict[str, Any], *extra: str) -> tuple[int, Any, str]:
         task = {"commandLine": "true", **task}

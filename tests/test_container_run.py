@@ -19,7 +19,7 @@ import pytest
 
 from agent.config import AgentConfig, DockerConfig, NodeConfig, TaskConfig
 from agent.container.build import LABEL_NODE_ROOT
-from agent.container.runner import ContainerRunner
+from agent.container.runner import ContainerRunner, stop_timeout
 from agent.environment import NodeIdentity
 from agent.hooks.gate import GateHook
 from agent.hooks.image import ImageHook
@@ -63,11 +63,13 @@ class Ran:
 class Node:
     """One node root with a task runner wired as the CLI wires it (containers only)."""
 
-    def __init__(self, root: Path, client: Any, image: str) -> None:
+    def __init__(self, root: Path, client: Any, image: str, *, stop_grace: float = 0.0,
+                 kill_grace: float = 0.0) -> None:
         self.root, self.client, self.image = root, client, image
         self.user = TASK_USER
         config = replace(AgentConfig(), node=replace(NodeConfig(), root=root),
-                         tasks=replace(TaskConfig(), kill_grace=0.0), docker=DockerConfig(network="none"))
+                         tasks=replace(TaskConfig(), kill_grace=kill_grace),
+                         docker=DockerConfig(network="none", stop_grace=stop_grace))
         runner = ContainerRunner(config.docker, client=client)
         self.task_runner = TaskRunner(
             config=config, node=NODE, runners={"container": runner},
@@ -92,9 +94,9 @@ class Node:
         return True
 
 
-def node_for(node_root: Path, docker_client: Any, test_image: str) -> Iterator[Node]:
+def node_for(node_root: Path, docker_client: Any, test_image: str, **grace: float) -> Iterator[Node]:
     """A ``Node`` on ``node_root``; afterwards, every container of that root is removed."""
-    yield Node(node_root, docker_client, test_image)
+    yield Node(node_root, docker_client, test_image, **grace)
     mine = {"label": f"{LABEL_NODE_ROOT}={node_root}"}
     for summary in docker_client.api.containers(all=True, filters=mine):
         docker_client.api.remove_container(summary["Id"], force=True)
@@ -289,3 +291,55 @@ async def test_terminate_stops_kills_and_removes_the_container(node: Node) -> No
     assert ran.info["failureInfo"]["category"] == "usererror"
     assert ran.info["exitCode"] == 137 and ran.info["containerInfo"]["state"] == "exited"
     assert not node.exists(ran.container_id)
+
+
+def ready_fifo(node: Node) -> Path:
+    """A FIFO in the shared dir the container writes "up" to once its TERM trap is set."""
+    fifo = node.root / "shared" / "ready"
+    fifo.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    return fifo
+
+
+@pytest.mark.timeout(120)
+async def test_terminate_uses_the_docker_stop_grace_and_keeps_the_task_exit_code(
+        node_root: Path, docker_client: Any, test_image: str) -> None:
+    # [docker] stop_grace 60 s, [tasks] kill_grace 0: the container gets SIGTERM and the time to
+    # handle it; its own exit code is the task's (the main process's code, §8.3).
+    for node in node_for(node_root, docker_client, test_image, stop_grace=60.0, kill_grace=0.0):
+        fifo = ready_fifo(node)
+        script = f"trap \"echo got-term; exit 7\" TERM; echo up > {fifo}; sleep 60 & wait $!"
+        task = asyncio.create_task(node.run({"commandLine": sh(script)}))
+        assert await asyncio.to_thread(fifo.read_text) == "up\n"
+        node.task_runner.terminate("job1", "t1")
+        ran = await task
+        assert ran.info["failureInfo"]["code"] == "TaskEnded"
+        assert ran.info["exitCode"] == 7 and ran.stdout == "got-term\n"
+        assert ran.info["containerInfo"]["state"] == "exited" and "error" not in ran.info["containerInfo"]
+        assert not node.exists(ran.container_id)
+
+
+@pytest.mark.timeout(120)
+async def test_wall_clock_kills_after_the_docker_stop_grace_not_the_task_kill_grace(
+        node_root: Path, docker_client: Any, test_image: str) -> None:
+    # TERM ignored: the engine kills after [docker] stop_grace (1 s), not [tasks] kill_grace (90 s).
+    for node in node_for(node_root, docker_client, test_image, stop_grace=0.5, kill_grace=90.0):
+        fifo = ready_fifo(node)
+        script = f"trap \"\" TERM; echo up > {fifo}; sleep 60 & wait $!"
+        task = asyncio.create_task(node.run({"commandLine": sh(script),
+                                             "constraints": {"maxWallClockTime": "PT2S"}}))
+        assert await asyncio.to_thread(fifo.read_text) == "up\n"
+        started = asyncio.get_running_loop().time()
+        ran = await task
+        assert asyncio.get_running_loop().time() - started < 45
+        assert ran.info["failureInfo"]["code"] == "TaskEnded"
+        assert ran.info["failureInfo"]["category"] == "servererror"
+        assert ran.info["exitCode"] == 137 and ran.info["containerInfo"]["state"] == "exited"
+        assert not node.exists(ran.container_id)
+
+
+@pytest.mark.parametrize(("grace", "timeout"), [(0.0, 0), (-1.0, 0), (0.05, 1), (2.0, 2), (2.5, 3),
+                                                 (float("inf"), 86_400), (float("nan"), 0)])
+def test_stop_timeout(grace: float, timeout: int) -> None:
+    assert stop_timeout(grace) == timeout

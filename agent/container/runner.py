@@ -18,9 +18,13 @@ How (the engine facts are in ../shared/docs/test-infra.md §1):
   threads at exit, and a container may run for days. The SDK's ``wait`` is called with no
   timeout (with one, it raises ``requests.ConnectionError``); on a dropped connection it asks
   again while the container still exists.
-- ``kill`` = ``docker stop`` with the grace period (SIGTERM, then SIGKILL by the engine), then
-  ``kill`` if it still runs. The exit code is docker's (137 after SIGKILL, 143 after an unhandled
-  SIGTERM), not a negative signal number.
+- ``kill`` = ``docker stop`` with ``[docker] stop_grace`` (SIGTERM, then SIGKILL by the engine),
+  then ``kill`` if it still runs. The grace the task runner passes is its native one
+  (``[tasks] kill_grace``) and is not used: a container's grace is the engine's stop timeout,
+  whole seconds (rounded up, at most a day). The exit code is the container's main process's as
+  the engine reports it (137 after SIGKILL, 143 after an unhandled SIGTERM, the task's own code
+  when it handles SIGTERM and exits), not a negative signal number (§8.3: "exitCode = container
+  main process exit code"); ``containerInfo`` is read from the inspect made after the stop.
 - ``cleanup`` removes the container (and its anonymous volumes) after ``--rm`` or after the
   agent killed it; otherwise it is kept for inspection until the orphan sweep (``orphans``).
 """
@@ -196,8 +200,8 @@ class ContainerRunner:
     """The ``Runner`` for requests with a ``ContainerRequest`` (kind ``"container"``)."""
 
     def __init__(self, config: DockerConfig | None = None, *, client: Any = None) -> None:
-        """``config``: the agent's ``[docker]`` section (``build`` reads the network from it; the
-        stop grace is the task runner's ``kill`` argument). ``client``: a ``LazyClient`` or a
+        """``config``: the agent's ``[docker]`` section (``stop_grace`` is the stop timeout of
+        ``kill``; the image hook reads the network from the same section). ``client``: a ``LazyClient`` or a
         ``docker.DockerClient`` to share; by default a new ``LazyClient``."""
         self.config = config or DockerConfig()
         self.client: Any = client if client is not None else LazyClient()
@@ -329,18 +333,20 @@ class ContainerRunner:
     # --- kill / cleanup ------------------------------------------------------------------------
 
     async def kill(self, handle: RunHandle, grace: float) -> None:
+        """Stop the container with ``[docker] stop_grace``; ``grace`` (the task runner's native
+        kill grace) is not used, see the module docstring."""
         container_id = _container_id(handle)
         attempt = self._attempts.get(container_id)
         if attempt is not None:
             attempt.killed = True
-        await asyncio.to_thread(self._kill, container_id, grace)
+        await asyncio.to_thread(self._kill, container_id, stop_timeout(self.config.stop_grace))
 
-    def _kill(self, container_id: str, grace: float) -> None:
+    def _kill(self, container_id: str, timeout: int) -> None:
         from docker.errors import APIError, NotFound
 
         client = resolve_client(self.client)
         try:
-            client.api.stop(container_id, timeout=max(0, math.ceil(grace)))
+            client.api.stop(container_id, timeout=timeout)
             if client.api.inspect_container(container_id)["State"].get("Running"):
                 client.api.kill(container_id)
         except NotFound:
@@ -370,6 +376,17 @@ class ContainerRunner:
         if remove:
             with contextlib.suppress(NotFound):
                 client.api.remove_container(container_id, v=True, force=True)
+
+
+MAX_STOP_TIMEOUT = 86_400
+
+
+def stop_timeout(grace: float) -> int:
+    """``[docker] stop_grace`` (seconds, may be fractional or infinite) -> the engine's stop
+    timeout: whole seconds, rounded up, between 0 and a day (the SDK adds it to its HTTP timeout)."""
+    if math.isnan(grace) or grace <= 0:
+        return 0
+    return MAX_STOP_TIMEOUT if grace >= MAX_STOP_TIMEOUT else math.ceil(grace)
 
 
 def _close_stream(attempt: _Attempt) -> None:
