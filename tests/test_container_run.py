@@ -19,6 +19,7 @@ import pytest
 
 from agent.config import AgentConfig, DockerConfig, NodeConfig, TaskConfig
 from agent.container.build import LABEL_NODE_ROOT
+from agent.container.image import PullRetry
 from agent.container.runner import ContainerRunner, stop_timeout
 from agent.environment import NodeIdentity
 from agent.hooks.gate import GateHook
@@ -64,7 +65,7 @@ class Node:
     """One node root with a task runner wired as the CLI wires it (containers only)."""
 
     def __init__(self, root: Path, client: Any, image: str, *, stop_grace: float = 0.0,
-                 kill_grace: float = 0.0) -> None:
+                 kill_grace: float = 0.0, retry: PullRetry | None = None) -> None:
         self.root, self.client, self.image = root, client, image
         self.user = TASK_USER
         config = replace(AgentConfig(), node=replace(NodeConfig(), root=root),
@@ -74,7 +75,7 @@ class Node:
         self.task_runner = TaskRunner(
             config=config, node=NODE, runners={"container": runner},
             prestart=[GateHook({"containerSettings"}), TaskDirHook(),
-                      ImageHook(runner.client, config.docker)],
+                      ImageHook(runner.client, config.docker, retry=retry or PullRetry(backoff=0.0))],
             exited=[], resolve_user=lambda spec, kind, task_id: self.user)
 
     async def run(self, task: dict[str, Any], *, user: TaskUser = TASK_USER, **settings: Any) -> Ran:
@@ -94,9 +95,9 @@ class Node:
         return True
 
 
-def node_for(node_root: Path, docker_client: Any, test_image: str, **grace: float) -> Iterator[Node]:
+def node_for(node_root: Path, docker_client: Any, test_image: str, **options: Any) -> Iterator[Node]:
     """A ``Node`` on ``node_root``; afterwards, every container of that root is removed."""
-    yield Node(node_root, docker_client, test_image, **grace)
+    yield Node(node_root, docker_client, test_image, **options)
     mine = {"label": f"{LABEL_NODE_ROOT}={node_root}"}
     for summary in docker_client.api.containers(all=True, filters=mine):
         docker_client.api.remove_container(summary["Id"], force=True)

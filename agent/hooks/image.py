@@ -11,11 +11,12 @@ called from a daemon thread).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from agent.config import DockerConfig
 from agent.container.build import ContainerSettingsError, build_container_request
-from agent.container.image import RegistryAuth, ensure_image, scrub
+from agent.container.image import PullRetry, RegistryAuth, ensure_image, scrub
 from agent.container.runner import INVALID_SETTINGS, in_daemon_thread, resolve_client
 from agent.container.runopts import RunOptionsError
 from agent.lifecycle import TaskContext
@@ -46,11 +47,14 @@ class ImageHook:
     name = "image"
     handles: frozenset[str] = frozenset({"containerSettings"})
 
-    def __init__(self, client: Any, config: DockerConfig | None = None) -> None:
+    def __init__(self, client: Any, config: DockerConfig | None = None, *,
+                 retry: PullRetry | None = None) -> None:
         """``client``: the runner's ``LazyClient`` (or a ``docker.DockerClient``); ``config``: the
-        ``[docker]`` section (network default), else the task context's."""
+        ``[docker]`` section (network default), else the task context's; ``retry``: login / pull
+        retries on throttling (default ``PullRetry()``; no waits in tests)."""
         self.client = client
         self.config = config
+        self.retry = retry or PullRetry()
 
     async def prestart(self, ctx: TaskContext) -> FailureInfo | None:
         settings = ctx.spec.container_settings
@@ -70,15 +74,21 @@ class ImageHook:
             return FailureInfo.user("ContainerInvalidSettings", INVALID_SETTINGS,
                                     Message=scrub(str(exc), auth.password if auth else None))
         ctx.container, ctx.env = request, env
-        # A daemon thread: a pull cut short by the wall clock must not hold the agent's exit.
-        pulled = await in_daemon_thread(lambda: self._ensure(request.image, auth, ctx))
+        # A daemon thread: a pull cut short by the wall clock must not hold the agent's exit;
+        # ``cancel`` ends its retry waits (set on the way out, however the await ends).
+        cancel = threading.Event()
+        try:
+            pulled = await in_daemon_thread(lambda: self._ensure(request.image, auth, ctx, cancel))
+        finally:
+            cancel.set()
         if isinstance(pulled, FailureInfo):
             ctx.log.info("container image unavailable", image=request.image, code=pulled.code)
             return pulled
         ctx.notes["container_image"] = {"image": request.image, "pulled": pulled}
         return None
 
-    def _ensure(self, image: str, auth: RegistryAuth | None, ctx: TaskContext) -> bool | FailureInfo:
+    def _ensure(self, image: str, auth: RegistryAuth | None, ctx: TaskContext,
+                cancel: threading.Event) -> bool | FailureInfo:
         from docker.errors import DockerException
 
         try:
@@ -86,4 +96,4 @@ class ImageHook:
         except DockerException as exc:
             return FailureInfo.server("ContainerMiscError", "The Docker engine did not answer",
                                       Message=scrub(str(exc)))
-        return ensure_image(client, image, auth, ctx.log)
+        return ensure_image(client, image, auth, ctx.log, retry=self.retry, cancel=cancel)
