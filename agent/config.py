@@ -100,8 +100,33 @@ def _convert(section: str, name: str, kind: Any, value: Any) -> Any:
         return float(value)
     expected = {"bool": bool, "int": int, "str": str}.get(kind if isinstance(kind, str) else kind.__name__)
     if (expected is int and isinstance(value, bool)) or (expected and not isinstance(value, expected)):
-        raise ConfigError([Issue(path, f"must be a {expected.__name__ if expected else kind}")])
+        raise ConfigError([Issue(path, f"must be {_KIND_NAMES.get(expected, str(kind))}")])
     return value
+
+
+_KIND_NAMES: Mapping[Any, str] = {bool: "true or false", int: "a whole number", str: "a string"}
+
+# Allowed ranges (inclusive; None = unbounded) of the numeric keys; a time must also be finite.
+_RANGES: Mapping[str, tuple[float | None, float | None]] = {
+    "node.reserved_disk_bytes": (0, None),
+    "node.os_reserved_disk_bytes": (0, None),
+    "tasks.kill_grace": (0, 3600),
+    "storage.concurrency": (1, 256),
+    "storage.retries": (0, 100),
+    "storage.backoff": (0, 300),
+    "storage.timeout": (1, None),
+    "storage.block_threshold": (1, None),
+    "docker.stop_grace": (0, 3600),
+}
+
+
+def _check_range(path: str, value: Any) -> None:
+    low, high = _RANGES.get(path, (None, None))
+    if isinstance(value, float) and value == float("inf"):
+        raise ConfigError([Issue(path, "must be a finite time (seconds or an ISO 8601 duration)")])
+    if (low is not None and value < low) or (high is not None and value > high):
+        allowed = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+        raise ConfigError([Issue(path, f"must be {allowed}, got {value!r}")])
 
 
 def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None = None,
@@ -145,6 +170,7 @@ def _apply(cfg: AgentConfig, data: Mapping[str, Any], source: str) -> AgentConfi
                 continue
             try:
                 changes[name] = _convert(section, name, known[name], value)
+                _check_range(f"{section}.{name}", changes[name])
             except ConfigError as exc:
                 issues.extend(exc.issues)
         updates[section] = replace(getattr(cfg, section), **changes)

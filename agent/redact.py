@@ -16,10 +16,14 @@ MASK = "REDACTED"
 _SECRET_PARAMS = frozenset({"sig", "signature", "skoid", "sktid", "skt", "ske", "sks", "skv",
                             "token", "access_token", "code", "key", "password", "secret"})
 _SECRET_NAME = re.compile(
-    r"(PASSWORD|PASSWD|SECRET|TOKEN|(?<![A-Z])KEY(?![A-Z])|ACCOUNTKEY|_KEY|KEY_|SAS|CREDENTIAL|"
-    r"CONNECTION_?STRING|CONNSTR|AUTH)",
+    r"(PASSWORD|PASSWD|PASSPHRASE|(?<![A-Z])PASS(?![A-Z])|_PWD(?![A-Z])|SECRET|TOKEN|(?<![A-Z])PAT(?![A-Z])|"
+    r"(?<![A-Z])KEY(?![A-Z])|_KEY|KEY_|"
+    r"(API|ACCESS|ACCOUNT|PRIVATE|SSH|SIGNING|MASTER|SUBSCRIPTION|ENCRYPTION|HMAC|CLIENT|STORAGE|SHARED|"
+    r"PRIMARY|SECONDARY|LICEN[CS]E)KEYS?(?![A-Z])|"
+    r"SAS|CREDENTIAL|CONNECTION_?STRING|CONNSTR|AUTH|COOKIE)",
     re.IGNORECASE,
 )
+_CAMEL_KEY = re.compile(r"[a-z0-9]Keys?(?![a-z])")  # apiKey, storageKey: camelCase, so not "monkey"
 # sig=... inside any text, and AccountKey=... inside a connection string.
 _SIG_IN_TEXT = re.compile(r"(?i)\b(sig|signature|AccountKey|SharedAccessSignature)=([^&\s;\"'<>]+)")
 
@@ -50,7 +54,7 @@ def redact_text(text: str) -> str:
 
 def is_secret_name(name: str) -> bool:
     """Whether an environment variable / header name suggests its value is a secret."""
-    return bool(_SECRET_NAME.search(name))
+    return bool(_SECRET_NAME.search(name) or _CAMEL_KEY.search(name))
 
 
 def redact_env_value(name: str, value: str) -> str:

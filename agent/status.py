@@ -8,10 +8,14 @@ so the official SDKs can read them back.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+_TIME = re.compile(r"(?P<head>\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d)?)?)(?P<frac>\.\d+)?"
+                   r"(?P<zone>[Zz]|[+-]\d\d:?\d\d)?")
 
 
 class TaskState(enum.StrEnum):
@@ -52,13 +56,23 @@ def format_time(value: datetime | None) -> str | None:
 
 
 def parse_time(value: str | None) -> datetime | None:
+    """A Batch timestamp (7 fraction digits, ``Z``) or any ISO 8601 one, as an aware UTC datetime.
+
+    Digits past the microsecond are dropped; an offset is honoured; no zone means UTC.
+    Raises ``ValueError`` for text that is not a timestamp.
+    """
     if not value:
         return None
-    text = value.rstrip("Z")
-    if "." in text:
-        head, frac = text.split(".", 1)
-        text = f"{head}.{frac[:6]}"
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    m = _TIME.fullmatch(value.strip())
+    if m is None:
+        raise ValueError(f"not an ISO 8601 timestamp: {value!r}")
+    digits, zone = (m.group("frac") or ".")[1:7], m.group("zone") or ""
+    parsed = datetime.fromisoformat(m.group("head") + (f".{digits.ljust(6, '0')}" if digits else ""))
+    if zone in ("", "Z", "z"):
+        parsed = parsed.replace(tzinfo=UTC)
+    else:
+        parsed = parsed.replace(tzinfo=datetime.fromisoformat(f"2000-01-01T00:00:00{zone}").tzinfo)
+    return parsed.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)

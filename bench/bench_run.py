@@ -29,7 +29,7 @@ def main() -> None:
                                                 capture_output=True), args.runs)
     imports = subprocess.run([PYTHON, "-c", "import sys, agent.cli; "
                               "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-                              "{'docker', 'azure', 'httpx', 'rich', 'psutil'}))"],
+                              "{'docker', 'azure', 'httpx', 'rich', 'structlog', 'pygments', 'wcmatch'}))"],
                              capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
     report("trivial task: batch-agent run vs direct spawn", [
         ("direct spawn of `true` (median)", median(direct) * 1000, "ms"),

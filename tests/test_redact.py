@@ -89,6 +89,8 @@ def test_redact_text_keeps_the_rest() -> None:
     "AZ_BATCH_SOFTWARE_ENTITLEMENT_TOKEN", "KEY", "API_KEY", "KEY_VAULT_NAME", "STORAGE_ACCOUNTKEY",
     "AccountKey", "AZURE_STORAGE_SAS", "SAS_TOKEN", "AZURE_CREDENTIALS", "CONNECTION_STRING",
     "AZURE_STORAGE_CONNECTIONSTRING", "CONNSTR", "AUTH_HEADER", "x-ms-auth", "github_token",
+    "APIKEY", "OPENAI_APIKEY", "apiKey", "storageKey", "STORAGEKEY", "PRIVATEKEY", "SSHKEY", "ACCESSKEYS",
+    "SUBSCRIPTIONKEY", "DB_PASS", "PASS", "GPG_PASSPHRASE", "DB_PWD", "GITHUB_PAT", "SESSION_COOKIE",
 ])
 def test_secret_names(name: str) -> None:
     assert is_secret_name(name)
@@ -99,7 +101,8 @@ def test_secret_names(name: str) -> None:
 @pytest.mark.parametrize("name", [
     "PATH", "HOME", "USER", "AZ_BATCH_TASK_DIR", "AZ_BATCH_NODE_ID", "AZ_BATCH_ACCOUNT_URL", "FOO",
     "KEYBOARD",
-    "MONKEY", "TURKEY", "JOBVAR", "LANG",
+    "MONKEY", "TURKEY", "JOBVAR", "LANG", "PWD", "OLDPWD", "PASSTHROUGH", "COMPASS", "PATH_INFO", "PATTERN",
+    "KEYBOARD_LAYOUT", "HOCKEY", "WHISKEY", "monkey", "Turkey", "PATIENT_ID",
 ])
 def test_non_secret_names(name: str) -> None:
     assert not is_secret_name(name)

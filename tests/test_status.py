@@ -46,14 +46,26 @@ def test_format_time(value: datetime | None, text: str | None) -> None:
     ("2025-07-01T12:00:05Z", T1),
     ("2025-07-01T12:00:05.123Z", T1.replace(microsecond=123000)),
     ("2025-07-01T12:00:05.0000000Z", T1),
+    ("2025-07-01T14:00:05+02:00", T1),
+    ("2025-07-01T07:00:05.123-05:00", T1.replace(microsecond=123000)),
+    ("2025-07-01T12:00:05+0000", T1),
+    ("2025-07-01T12:00:05", T1),                      # no zone: UTC
+    ("2025-07-01 12:00:05z", T1),
     (None, None),
     ("", None),
-], ids=["7-digits", "tick", "no-fraction", "millis", "zero-fraction", "none", "empty"])
+], ids=["7-digits", "tick", "no-fraction", "millis", "zero-fraction", "plus-2", "minus-5", "plus-0000", "naive",
+        "space-lower-z", "none", "empty"])
 def test_parse_time(text: str | None, value: datetime | None) -> None:
     parsed = parse_time(text)
     assert parsed == value
     if parsed is not None:
         assert parsed.tzinfo is not None and parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2025-07-01T12:00:05Q", "12:00:05", "2025-13-01T00:00:00Z"])
+def test_parse_time_refuses_what_is_not_a_timestamp(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_time(text)
 
 
 def test_failure_info_json() -> None:
