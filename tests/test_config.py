@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
+import agent.config as config_module
+from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
 from agent.layout import DEFAULT_ROOT
 
@@ -20,9 +21,8 @@ def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
     return path
 
 
-def test_defaults_without_file() -> None:
-    if DEFAULT_CONFIG_PATH.is_file():  # pragma: no cover - a machine with a real config
-        pytest.skip(f"{DEFAULT_CONFIG_PATH} exists here")
+def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")  # this machine's own
     cfg = load_config(environ={})
     assert cfg.source == "defaults" and cfg.node.root == DEFAULT_ROOT
     assert cfg.tasks.kill_grace == 10.0 and cfg.tasks.default_job_id == "local"
