@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -344,3 +345,42 @@ async def test_wall_clock_kills_after_the_docker_stop_grace_not_the_task_kill_gr
                                                  (float("inf"), 86_400), (float("nan"), 0)])
 def test_stop_timeout(grace: float, timeout: int) -> None:
     assert stop_timeout(grace) == timeout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount")
+async def test_vfs_mounts_made_after_the_start_appear_in_the_container(node: Node, tmp_path: Path) -> None:
+    # fsmounts made a shared mount (as under systemd, where / is shared): the VfsMounts bind is
+    # rslave, so a mount made there while the task runs shows inside.
+    fsmounts = node.root / "fsmounts"
+    late, source = fsmounts / "late", tmp_path / "nfs-export"
+    late.mkdir(parents=True)
+    source.mkdir()
+    (source / "f").write_text("mounted later\n")
+    ready, go = fsmounts / "ready", fsmounts / "go"
+    for fifo in (ready, go):
+        os.mkfifo(fifo)
+        os.chmod(fifo, 0o666)
+    mounts: list[Path] = []
+
+    def mount(*args: str) -> None:
+        subprocess.run(["mount", *args], check=True, capture_output=True)
+
+    try:
+        mount("--bind", str(fsmounts), str(fsmounts))
+        mounts.append(fsmounts)
+        mount("--make-rshared", str(fsmounts))
+        script = f'echo up > {ready}; read x < {go}; cat "$AZ_BATCH_NODE_MOUNTS_DIR/late/f"'
+        task = asyncio.create_task(node.run(
+            {"commandLine": sh(script)}, workingDirectory="containerImageDefault",
+            containerHostBatchBindMounts=[{"source": "VfsMounts"}]))
+        assert await asyncio.to_thread(ready.read_text) == "up\n"      # the container runs
+        mount("--bind", str(source), str(late))
+        mounts.append(late)
+        await asyncio.to_thread(go.write_text, "go\n")
+        ran = await task
+        assert ran.info["exitCode"] == 0, (ran.info, ran.stderr)
+        assert ran.stdout == "mounted later\n"
+    finally:
+        for point in reversed(mounts):
+            subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)

@@ -25,6 +25,11 @@ Decisions on the points the semantics doc leaves open (§8.3, §15.11):
   run options' ``-e`` values on top (the user's explicit option wins).
 - Network: ``--network`` in the run options, else ``[docker] network`` of the agent config,
   else the engine's default (bridge).
+- Host devices and propagation (``host``, from ``agent.container.host``, decisions there): GPUs
+  as ``--gpus all``, RDMA device nodes as ``--device`` plus ``--ulimit memlock=-1:-1``, each
+  unless the run options ask for their own; the whole-root bind and the ``VfsMounts`` bind
+  (``fsmounts``, where VFS mounts appear while tasks run) get ``rslave`` where the engine
+  allows it. Without ``host`` (None) nothing of this is added.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.container.host import HostFacts
 from agent.container.runopts import RunOptionsError, parse_run_options
 from agent.environment import MOUNT_VARIABLES, strip_unmounted
 from agent.layout import NodeLayout, TaskDirs
@@ -103,11 +109,14 @@ def container_name(job_id: str, task_id: str, attempt: int, node_root: Path) -> 
 
 
 def _binds(settings: TaskContainerSettings, dirs: TaskDirs, layout: NodeLayout,
-           prep_dirs: TaskDirs | None) -> tuple[list[str], set[str]]:
+           prep_dirs: TaskDirs | None, host: HostFacts | None) -> tuple[list[str], set[str]]:
     """The Batch bind mounts (``host:container:mode``) and the sources they cover."""
+    def follow(path: Path) -> str:   # the mounts made later under fsmounts show (see above)
+        return ",rslave" if host is not None and host.can_follow(path) else ""
+
     entries = settings.container_host_batch_bind_mounts
     if entries is None:
-        return [f"{layout.root}:{layout.root}:rw"], set(_SOURCES)
+        return [f"{layout.root}:{layout.root}:rw{follow(layout.root)}"], set(_SOURCES)
     paths = {"Task": dirs.task_dir, "Shared": layout.shared, "Startup": layout.startup,
              "VfsMounts": layout.fsmounts, "Applications": layout.applications,
              "JobPrep": prep_dirs.task_dir if prep_dirs else None}
@@ -122,7 +131,22 @@ def _binds(settings: TaskContainerSettings, dirs: TaskDirs, layout: NodeLayout,
         path = paths[source]
         if path is not None:   # JobPrep without a job preparation task: nothing to mount
             writable[path] = writable.get(path, False) or not entry.is_read_only
-    return [f"{p}:{p}:{'rw' if rw else 'ro'}" for p, rw in writable.items()], mounted
+    return [f"{p}:{p}:{'rw' if rw else 'ro'}{follow(p) if p == layout.fsmounts else ''}"
+            for p, rw in writable.items()], mounted
+
+
+def _host_devices(kwargs: dict[str, Any], host: HostFacts) -> None:
+    """Add the host's GPUs and RDMA devices unless the run options asked for their own."""
+    requests = list(kwargs.get("device_requests", ()))
+    if host.gpus and not any("gpu" in caps for r in requests for caps in r.get("capabilities", ())):
+        kwargs["device_requests"] = [*requests, {"count": -1, "capabilities": [["gpu"]]}]
+    if host.rdma_devices:
+        devices = list(kwargs.get("devices", ()))
+        taken = {d.split(":", 1)[0] for d in devices}
+        kwargs["devices"] = [*devices, *(f"{p}:{p}:rwm" for p in host.rdma_devices if p not in taken)]
+        ulimits = list(kwargs.get("ulimits", ()))
+        if not any(u["name"] == "memlock" for u in ulimits):
+            kwargs["ulimits"] = [*ulimits, {"name": "memlock", "soft": -1, "hard": -1}]
 
 
 def _user(user: TaskUser, agent_ids: tuple[int, int] | None) -> tuple[str, list[str]]:
@@ -139,16 +163,19 @@ def build_container_request(
     settings: TaskContainerSettings, *, argv: Sequence[str], env: Mapping[str, str], dirs: TaskDirs,
     layout: NodeLayout, user: TaskUser, prep_dirs: TaskDirs | None, job_id: str, task_id: str,
     attempt: int, network_default: str = "", agent_ids: tuple[int, int] | None = None,
+    host: HostFacts | None = None,
 ) -> tuple[ContainerRequest, dict[str, str]]:
     """The container of one attempt, and the task env after ``strip_unmounted``.
 
     Raises ``RunOptionsError`` (``containerRunOptions``) or ``ContainerSettingsError`` (any other
     field); both are ``ValueError``s whose message names the field and the fix.
     ``agent_ids`` is the agent's own (uid, gid) for a task without a uid (default: this process).
+    ``host``: this host's GPUs, RDMA devices and mount propagation (``detect_host()``); None adds
+    none of them.
     """
     image = normalise_image(settings.image_name)
     opts = parse_run_options(settings.container_run_options, env)
-    binds, mounted = _binds(settings, dirs, layout, prep_dirs)
+    binds, mounted = _binds(settings, dirs, layout, prep_dirs, host)
     task_env = strip_unmounted(env, mounted)
     kwargs: dict[str, Any] = dict(opts.create_kwargs)
 
@@ -181,6 +208,8 @@ def build_container_request(
 
     if opts.network is None and network_default:
         kwargs["network"] = network_default
+    if host is not None:
+        _host_devices(kwargs, host)
     request = ContainerRequest(image=image, create_kwargs=kwargs, labels=kwargs["labels"],
                                remove_after=opts.remove)
     return request, task_env
@@ -188,7 +217,7 @@ def build_container_request(
 
 # Keys ``describe`` shows under their own name; every other create argument goes under "options".
 _SHOWN = ("name", "command", "entrypoint", "environment", "labels", "volumes", "mounts", "tmpfs", "user",
-          "group_add", "working_dir", "network")
+          "group_add", "working_dir", "network", "devices", "device_requests")
 
 
 def _mount_text(mount: Mapping[str, Any]) -> str:
@@ -201,8 +230,10 @@ def _mount_text(mount: Mapping[str, Any]) -> str:
     return text if kind == "bind" else f"volume {text}"
 
 
-def describe(request: ContainerRequest) -> dict[str, Any]:
-    """The exact container creation, for people (``plan``): environment NAMES only, never values."""
+def describe(request: ContainerRequest, host: HostFacts | None = None) -> dict[str, Any]:
+    """The exact container creation, for people (``plan``): environment NAMES only, never values.
+    ``host``: the facts the request was built with; its notes (devices found but not usable) are
+    shown under ``host_notes``."""
     kw = request.create_kwargs
     mounts = [*kw.get("volumes", ()), *(_mount_text(m) for m in kw.get("mounts", ())),
               *(f"tmpfs:{path}" + (f":{opt}" if opt else "") for path, opt in kw.get("tmpfs", {}).items())]
@@ -217,7 +248,10 @@ def describe(request: ContainerRequest) -> dict[str, Any]:
         "group_add": list(kw.get("group_add", ())),
         "working_dir": kw.get("working_dir"),    # None: the image's WORKDIR
         "network": kw.get("network"),            # None: the engine's default
+        "devices": list(kw.get("devices", ())),  # --device, RDMA devices of the host
+        "device_requests": list(kw.get("device_requests", ())),  # --gpus, the host's GPUs
         "labels": dict(kw.get("labels", {})),
         "remove_after": request.remove_after,
         "options": {k: v for k, v in kw.items() if k not in _SHOWN},
+        **({"host_notes": list(host.notes)} if host is not None and host.notes else {}),
     }

@@ -1,6 +1,7 @@
 """Prestart hook for ``containerSettings`` (§8): the container to create, and its image.
 
-Builds the ``ContainerRequest`` (``agent.container.build``), puts it on the context with the
+Builds the ``ContainerRequest`` (``agent.container.build``, with this host's GPUs, RDMA devices
+and mount propagation from ``agent.container.host``), puts it on the context with the
 environment of the container (variables of unmounted paths removed), then makes sure the image
 is on the node (``agent.container.image``): a present image is used as it is, a missing one is
 pulled with the task's registry credentials. Bad settings fail before any pull. Every failure
@@ -12,10 +13,12 @@ called from a daemon thread).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from agent.config import DockerConfig
 from agent.container.build import ContainerSettingsError, build_container_request
+from agent.container.host import HostFacts, detect_host
 from agent.container.image import PullRetry, RegistryAuth, ensure_image, scrub
 from agent.container.runner import INVALID_SETTINGS, in_daemon_thread, resolve_client
 from agent.container.runopts import RunOptionsError
@@ -48,13 +51,16 @@ class ImageHook:
     handles: frozenset[str] = frozenset({"containerSettings"})
 
     def __init__(self, client: Any, config: DockerConfig | None = None, *,
-                 retry: PullRetry | None = None) -> None:
+                 retry: PullRetry | None = None, host: Callable[[], HostFacts] = detect_host) -> None:
         """``client``: the runner's ``LazyClient`` (or a ``docker.DockerClient``); ``config``: the
         ``[docker]`` section (network default), else the task context's; ``retry``: login / pull
-        retries on throttling (default ``PullRetry()``; no waits in tests)."""
+        retries on throttling (default ``PullRetry()``; no waits in tests); ``host``: reads this
+        host's GPUs, RDMA devices and mount propagation, once per task (mounts change)."""
         self.client = client
         self.config = config
         self.retry = retry or PullRetry()
+        self.host = host
+        self._noted = False
 
     async def prestart(self, ctx: TaskContext) -> FailureInfo | None:
         settings = ctx.spec.container_settings
@@ -64,12 +70,16 @@ class ImageHook:
         if isinstance(auth, FailureInfo):
             return auth
         prep = ctx.job.job_preparation_task if ctx.job else None
+        host = self.host()
+        if host.notes and not self._noted:
+            self._noted = True
+            ctx.log.warning("host devices not exposed to containers", notes=list(host.notes))
         try:
             request, env = build_container_request(
                 settings, argv=ctx.argv, env=ctx.env, dirs=ctx.dirs, layout=ctx.layout, user=ctx.user,
                 prep_dirs=ctx.layout.task(ctx.job_id, prep.id) if prep else None, job_id=ctx.job_id,
                 task_id=ctx.task_id, attempt=ctx.attempt,
-                network_default=(self.config or ctx.config.docker).network)
+                network_default=(self.config or ctx.config.docker).network, host=host)
         except (RunOptionsError, ContainerSettingsError) as exc:
             return FailureInfo.user("ContainerInvalidSettings", INVALID_SETTINGS,
                                     Message=scrub(str(exc), auth.password if auth else None))
