@@ -100,14 +100,31 @@ def job_effect(task_failure_mode: str, decision: ExitDecision, task_failed: bool
 
 
 def decision_table(conditions: ExitConditions | None) -> list[tuple[str, ExitDecision]]:
-    """Every rule with its decision, in evaluation order, for ``plan``."""
+    """Every rule with its decision, in evaluation order, for ``plan``. Each row is what
+    ``decide`` gives for the codes it names: a range that holds 0 and other codes is two rows
+    when its unset fields default differently for 0 (§6 defaults)."""
     ec = conditions or ExitConditions()
     rows: list[tuple[str, ExitDecision]] = []
     for i, m in enumerate(ec.exit_codes or ()):
         rows.append((f"exit code {m.code}", _apply(m.exit_options, f"exitCodes[{i}]", success=m.code == 0)))
+    zero_rule = _match_code(ec, 0)
     for i, r in enumerate(ec.exit_code_ranges or ()):
-        rows.append((f"exit code {r.start}..{r.end}",
-                     _apply(r.exit_options, f"exitCodeRanges[{i}]", success=r.start == r.end == 0)))
+        where, span = f"exitCodeRanges[{i}]", f"{r.start}..{r.end}"
+        if not r.start <= 0 <= r.end or r.start == r.end:
+            rows.append((f"exit code {span}", _apply(r.exit_options, where, success=r.start == 0)))
+            continue
+        # A range holding 0 and other codes: unset fields default per code (none/satisfy for 0,
+        # terminate/block for the rest), as in decide. 0 is this range's only if no rule before took it.
+        failure = _apply(r.exit_options, where, success=False)
+        if zero_rule is None or zero_rule[1] != where:
+            rows.append((f"exit code {span} except 0", failure))
+            continue
+        success = _apply(r.exit_options, where, success=True)
+        if success == failure:
+            rows.append((f"exit code {span}", failure))
+        else:
+            rows.append((f"exit code 0 (in {span})", success))
+            rows.append((f"exit code {span} except 0", failure))
     rows.append(("exit code 0 (otherwise)", decide(ec, Outcome.exited(0))))
     rows.append(("other non-zero exit code", decide(ec, Outcome(OutcomeKind.EXIT, -(2**31)))))
     rows.append(("pre-processing error", decide(ec, Outcome.pre_processing())))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.exits import JobEffect, Outcome, OutcomeKind, decide, decision_table, job_effect
 from agent.spec import ExitConditions
@@ -64,6 +67,16 @@ CASES: list[tuple[str, dict[str, Any] | None, Outcome, ExitDecision]] = [
      ExitDecision("terminate", "satisfy", "exitCodeRanges[1]")),
     ("range-negative-defaults", FULL, Outcome.exited(-9),
      ExitDecision("terminate", "satisfy", "exitCodeRanges[2]")),
+    # --- a range holding 0: 0 takes the exit-code-0 defaults for unset fields, the others the failure ones
+    ("range-with-0-exit-0", {"exitCodeRanges": [{"start": -5, "end": 5, "exitOptions": {}}]}, Outcome.exited(0),
+     ExitDecision("none", "satisfy", "exitCodeRanges[0]")),
+    ("range-with-0-exit-3", {"exitCodeRanges": [{"start": -5, "end": 5, "exitOptions": {}}]}, Outcome.exited(3),
+     ExitDecision("terminate", "block", "exitCodeRanges[0]")),
+    ("range-with-0-partly-set", {"exitCodeRanges": [{"start": 0, "end": 9, "exitOptions": opts("disable")}]},
+     Outcome.exited(0), ExitDecision("disable", "satisfy", "exitCodeRanges[0]")),
+    ("range-with-0-not-default", {"exitCodeRanges": [{"start": 0, "end": 9, "exitOptions": {}}],
+                                  "default": opts("disable", "satisfy")}, Outcome.exited(0),
+     ExitDecision("none", "satisfy", "exitCodeRanges[0]")),
     # --- default for a non-zero code no rule lists
     ("default-non-zero", FULL, Outcome.exited(11), ExitDecision("none", "block", "default")),
     ("default-huge", FULL, Outcome.exited(2**31 - 1), ExitDecision("none", "block", "default")),
@@ -200,6 +213,102 @@ TABLES: list[tuple[str, dict[str, Any] | None, list[tuple[str, ExitDecision]]]] 
 ]
 
 
+TAIL = [("other non-zero exit code", ExitDecision("terminate", "block", "built-in failure")),
+        ("pre-processing error", ExitDecision("terminate", "block", "built-in failure")),
+        ("upload error (exit code not listed)", ExitDecision("terminate", "block", "built-in failure"))]
+
+
+def _range(start: int, end: int, options: dict[str, Any]) -> dict[str, Any]:
+    return {"start": start, "end": end, "exitOptions": options}
+
+
+# Ranges holding 0 (§6): exit code 0 in a range gets none/satisfy for unset fields, the range's other
+# codes terminate/block, so such a range is two rows unless its options set both fields.
+TABLES += [
+    ("range-holding-0", {"exitCodeRanges": [_range(-5, 5, {})]}, [
+        ("exit code 0 (in -5..5)", ExitDecision("none", "satisfy", "exitCodeRanges[0]")),
+        ("exit code -5..5 except 0", ExitDecision("terminate", "block", "exitCodeRanges[0]")),
+        ("exit code 0 (otherwise)", ExitDecision("none", "satisfy", "exitCodeRanges[0]")),
+        *TAIL]),
+    ("range-from-0-half-set", {"exitCodeRanges": [_range(0, 3, opts(dep="block"))]}, [
+        ("exit code 0 (in 0..3)", ExitDecision("none", "block", "exitCodeRanges[0]")),
+        ("exit code 0..3 except 0", ExitDecision("terminate", "block", "exitCodeRanges[0]")),
+        ("exit code 0 (otherwise)", ExitDecision("none", "block", "exitCodeRanges[0]")),
+        *TAIL]),
+    ("range-holding-0-fully-set", {"exitCodeRanges": [_range(-1, 1, opts("disable", "satisfy"))]}, [
+        ("exit code -1..1", ExitDecision("disable", "satisfy", "exitCodeRanges[0]")),
+        ("exit code 0 (otherwise)", ExitDecision("disable", "satisfy", "exitCodeRanges[0]")),
+        *TAIL]),
+    ("range-holding-0-after-exitCodes-0", {"exitCodes": [{"code": 0, "exitOptions": {}}],
+                                           "exitCodeRanges": [_range(-5, 5, {})]}, [
+        ("exit code 0", ExitDecision("none", "satisfy", "exitCodes[0]")),
+        ("exit code -5..5 except 0", ExitDecision("terminate", "block", "exitCodeRanges[0]")),
+        ("exit code 0 (otherwise)", ExitDecision("none", "satisfy", "exitCodes[0]")),
+        *TAIL]),
+    ("two-ranges-holding-0", {"exitCodeRanges": [_range(-1, 1, opts("disable")), _range(-9, 9, {})]}, [
+        ("exit code 0 (in -1..1)", ExitDecision("disable", "satisfy", "exitCodeRanges[0]")),
+        ("exit code -1..1 except 0", ExitDecision("disable", "block", "exitCodeRanges[0]")),
+        ("exit code -9..9 except 0", ExitDecision("terminate", "block", "exitCodeRanges[1]")),
+        ("exit code 0 (otherwise)", ExitDecision("disable", "satisfy", "exitCodeRanges[0]")),
+        *TAIL]),
+]
+
+
 @pytest.mark.parametrize(("data", "rows"), [t[1:] for t in TABLES], ids=[t[0] for t in TABLES])
 def test_decision_table(data: dict[str, Any] | None, rows: list[tuple[str, ExitDecision]]) -> None:
     assert decision_table(conditions(data)) == rows
+
+
+def _covers(label: str, code: int) -> bool:
+    """Whether a rule row of the table names ``code`` (the fallback rows name none)."""
+    if re.fullmatch(r"exit code 0 \(in -?\d+\.\.-?\d+\)", label):
+        return code == 0
+    match = re.fullmatch(r"exit code (-?\d+)(?:\.\.(-?\d+))?( except 0)?", label)
+    if match is None:
+        return False
+    start = int(match[1])
+    end = int(match[2]) if match[2] else start
+    return start <= code <= end and not (match[3] and code == 0)
+
+
+def _check_table_agrees_with_decide(ec: ExitConditions | None, codes: range = range(-12, 13)) -> None:
+    for label, row in decision_table(ec):
+        for code in codes:
+            got = decide(ec, Outcome.exited(code))
+            if _covers(label, code) and got.matched == row.matched:  # the code reaches this rule
+                assert got == row, (label, code)
+
+
+@pytest.mark.parametrize(("data", "rows"), [t[1:] for t in TABLES], ids=[t[0] for t in TABLES])
+def test_decision_table_agrees_with_decide(data: dict[str, Any] | None,
+                                           rows: list[tuple[str, ExitDecision]]) -> None:
+    del rows
+    _check_table_agrees_with_decide(conditions(data))
+    # The exit-code-0 row is decide's answer for 0.
+    ec = conditions(data)
+    zero = dict(decision_table(ec))["exit code 0 (otherwise)"]
+    assert zero == decide(ec, Outcome.exited(0))
+
+
+_options = st.fixed_dictionaries({}, optional={"jobAction": st.sampled_from(["none", "disable", "terminate"]),
+                                               "dependencyAction": st.sampled_from(["satisfy", "block"])})
+_bounds = st.tuples(st.integers(-4, 4), st.integers(-4, 4)).map(sorted)
+
+
+@settings(max_examples=300, deadline=None)
+@given(codes=st.lists(st.fixed_dictionaries({"code": st.integers(-4, 4), "exitOptions": _options}), max_size=3),
+       ranges=st.lists(st.builds(lambda b, o: _range(b[0], b[1], o), _bounds, _options), max_size=3),
+       default=st.none() | _options)
+def test_decision_table_agrees_with_decide_for_any_rules(codes: list[dict[str, Any]],
+                                                         ranges: list[dict[str, Any]],
+                                                         default: dict[str, Any] | None) -> None:
+    data: dict[str, Any] = {"exitCodes": codes, "exitCodeRanges": ranges}
+    if default is not None:
+        data["default"] = default
+    ec = conditions(data)
+    _check_table_agrees_with_decide(ec)
+    for code in range(-5, 6):  # every code is covered by some row that gives decide's answer
+        want = decide(ec, Outcome.exited(code))
+        rows = decision_table(ec)
+        assert any(row == want and (_covers(label, code) or label.startswith(("exit code 0 (o", "other non-zero")))
+                   for label, row in rows), (code, want, rows)
