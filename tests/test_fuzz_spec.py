@@ -174,6 +174,41 @@ def test_random_values_in_enum_fields(seed: dict[str, Any], value: Any, pick: in
     assert isinstance(value, str) or value is None
 
 
+FREE_FORM = {"poolInfo", "metadata", "networkConfiguration", "taskFactory", "applicationTemplateInfo"}
+
+
+def typed_leaves(data: Any) -> list[tuple[str | int, ...]]:
+    """Paths of the string / integer / boolean leaves outside the free-form (verbatim) job fields."""
+    return [p for p in paths_of(data) if p and not FREE_FORM & {x for x in p if isinstance(x, str)}
+            and isinstance(_at(data, p), str | int) and not (p[-1] == "value" and len(p) == 1)]
+
+
+def _at(data: Any, path: tuple[str | int, ...]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+OTHER_TYPES = st.one_of(st.text(max_size=5), st.sampled_from(["true", "false", "1", "0", "-1", "2.0"]),
+                        st.integers(-3, 3), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+                        st.just([]), st.just({}))
+
+
+def _json_kind(value: Any) -> str:
+    return "bool" if isinstance(value, bool) else type(value).__name__
+
+
+@FUZZ
+@given(seed=st.sampled_from(SEEDS), value=OTHER_TYPES, pick=st.integers(0, 10_000))
+def test_a_value_of_another_json_type_is_never_coerced(seed: dict[str, Any], value: Any, pick: int) -> None:
+    paths = typed_leaves(seed)
+    path = paths[pick % len(paths)]
+    if _json_kind(_at(seed, path)) == _json_kind(value):
+        return
+    with pytest.raises(SpecError):
+        load_data(mutate(seed, path, "replace", value))
+
+
 @pytest.mark.parametrize("depth", [100, 1000, 20000], ids=["100", "1000", "20000"])
 @pytest.mark.parametrize("where", [("poolInfo",), ("metadata",), ("resourceFiles",), ("unknown",),
                                    ("exitConditions", "exitCodes")], ids=lambda w: ".".join(w))

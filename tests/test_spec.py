@@ -539,7 +539,26 @@ UNKNOWN: list[tuple[str, Any, str, str, str]] = [
      "jobReleaseTask.retentiontime", "did you mean 'retentionTime'?", "job"),
     ("job-release-constraints", job(jobPreparationTask={"commandLine": "x"},
                                     jobReleaseTask={"commandLine": "x", "constraints": {}}),
-     "jobReleaseTask.constraints", "unknown field", "job"),
+     "jobReleaseTask.constraints", "maxTaskRetryCount is not allowed there", "job"),
+    # fields a task has but this object does not: a hint naming where they go, and what is allowed
+    ("job-release-retries", job(jobPreparationTask={"commandLine": "x"},
+                                jobReleaseTask={"commandLine": "x", "maxTaskRetryCount": 1}),
+     "jobReleaseTask.maxTaskRetryCount", "not allowed on a jobReleaseTask (Batch does not retry", "job"),
+    ("job-release-outputs", job(jobPreparationTask={"commandLine": "x"},
+                                jobReleaseTask={"commandLine": "x", "outputFiles": []}),
+     "jobReleaseTask.outputFiles", "a jobReleaseTask has no outputFiles", "job"),
+    ("job-release-exit", job(jobPreparationTask={"commandLine": "x"},
+                             jobReleaseTask={"commandLine": "x", "exitConditions": {}}),
+     "jobReleaseTask.exitConditions", "a jobReleaseTask has no exitConditions", "job"),
+    ("job-release-wait", job(jobPreparationTask={"commandLine": "x"},
+                             jobReleaseTask={"commandLine": "x", "waitForSuccess": True}),
+     "jobReleaseTask.waitForSuccess", "only on a jobPreparationTask", "job"),
+    ("job-prep-top-level-wall-clock", job(jobPreparationTask={"commandLine": "x", "maxWallClockTime": "PT1M"}),
+     "jobPreparationTask.maxWallClockTime", "write constraints.maxWallClockTime", "job"),
+    ("task-top-level-retries", task(maxTaskRetryCount=2), "maxTaskRetryCount",
+     "write constraints.maxTaskRetryCount", "task"),
+    ("manager-top-level-retention", job(jobManagerTask={"id": "m", "commandLine": "x", "retentionTime": "P1D"}),
+     "jobManagerTask.retentionTime", "write constraints.retentionTime", "job"),
     ("job-top", job(onTaskFailures="noaction"), "onTaskFailures", "did you mean 'onTaskFailure'?", "job"),
     ("job-constraints", job(constraints={"maxTaskRetryCounts": 1}), "constraints.maxTaskRetryCounts",
      "did you mean 'maxTaskRetryCount'?", "job"),
@@ -560,6 +579,19 @@ def test_unknown_field_did_you_mean(data: dict[str, Any], path: str, hint: str, 
 
 def load_kind(data: Any) -> str:
     return detect_kind(data)
+
+
+@pytest.mark.parametrize(("data", "path", "allowed"), [
+    (job(jobPreparationTask={"commandLine": "x"}, jobReleaseTask={"commandLine": "x", "constraints": {}}),
+     "jobReleaseTask.constraints", ["maxWallClockTime", "retentionTime", "commandLine", "userIdentity"]),
+    (job(jobPreparationTask={"commandLine": "x", "retentionTime": "P1D"}), "jobPreparationTask.retentionTime",
+     ["constraints", "waitForSuccess"]),
+], ids=["release-constraints", "prep-retention"])
+def test_field_hint_lists_what_is_allowed(data: dict[str, Any], path: str, allowed: list[str]) -> None:
+    (issue,) = [i for i in issues_of(data) if i.path == path]
+    listed = issue.message.split("; allowed: ", 1)[1].split(", ")
+    assert set(allowed) <= set(listed), issue.message
+    assert "maxTaskRetryCount" not in listed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,7 +727,7 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("collection-empty", {"value": []}, "value", "at least 1"),
     ("collection-item", {"value": [task(), {"id": "x"}]}, "value[1].commandLine",
      "required field is missing"),
-    ("collection-item-not-object", {"value": [task(), "x"]}, "value[1]", "dictionary"),
+    ("collection-item-not-object", {"value": [task(), "x"]}, "value[1]", "must be a JSON object, not a string"),
 ]
 
 
@@ -1033,6 +1065,218 @@ LIMITS: list[tuple[str, Callable[[], Any], dict[str, Any] | None, Limits]] = [
                          ids=[c[0] for c in LIMITS])
 def test_limits_for(make: Callable[[], Any], job_data: dict[str, Any] | None, expected: Limits) -> None:
     assert limits_for(make(), parse_job(job_data) if job_data else None) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# strict JSON types: no coercion of strings, floats or booleans; each error names the JSON type wanted
+
+STRICT: list[tuple[str, dict[str, Any], str, str]] = [
+    # (id, data, expected path, expected message fragment)
+    ("bool-string-true", job(jobPreparationTask={"commandLine": "x", "waitForSuccess": "true"}),
+     "jobPreparationTask.waitForSuccess", "must be true or false (a JSON boolean), not a string; write true "
+     "without quotes"),
+    ("bool-yes", job(jobPreparationTask={"commandLine": "x", "rerunOnNodeRebootAfterSuccess": "yes"}),
+     "jobPreparationTask.rerunOnNodeRebootAfterSuccess", "must be true or false (a JSON boolean), not a string"),
+    ("bool-int", job(usesTaskDependencies=1), "usesTaskDependencies", "JSON boolean), not an integer"),
+    ("bool-int-0", job(jobManagerTask={"id": "m", "commandLine": "x", "killJobOnCompletion": 0}),
+     "jobManagerTask.killJobOnCompletion", "JSON boolean), not an integer"),
+    ("bool-string-false", task(containerSettings={"imageName": "x", "containerHostBatchBindMounts": [
+        {"source": "Task", "isReadOnly": "false"}]}),
+     "containerSettings.containerHostBatchBindMounts[0].isReadOnly", "write false without quotes"),
+    ("bool-allowTaskPreemption", job(allowTaskPreemption="True"), "allowTaskPreemption", "JSON boolean"),
+    ("int-string", task(requiredSlots="2"), "requiredSlots", "must be a JSON integer, not a string; write 2 "
+     "without quotes"),
+    ("int-float-whole", task(requiredSlots=2.0), "requiredSlots",
+     "must be a JSON integer, not a number with a fraction or exponent; write 2"),
+    ("int-float-fraction", task(constraints={"maxTaskRetryCount": 1.5}), "constraints.maxTaskRetryCount",
+     "must be a JSON integer"),
+    ("int-bool", task(constraints={"maxTaskRetryCount": True}), "constraints.maxTaskRetryCount",
+     "must be a JSON integer, not a boolean"),
+    ("int-word", task(requiredSlots="two"), "requiredSlots", "must be a JSON integer, not a string"),
+    ("exit-code-string", task(exitConditions={"exitCodes": [{"code": "1", "exitOptions": {}}]}),
+     "exitConditions.exitCodes[0].code", "write 1 without quotes"),
+    ("range-float", task(exitConditions={"exitCodeRanges": [{"start": 1.0, "end": 2, "exitOptions": {}}]}),
+     "exitConditions.exitCodeRanges[0].start", "must be a JSON integer"),
+    ("task-id-range-string", task(dependsOn={"taskIdRanges": [{"start": 1, "end": "9"}]}),
+     "dependsOn.taskIdRanges[0].end", "must be a JSON integer"),
+    ("instances-string", task(multiInstanceSettings={"numberOfInstances": "3", "coordinationCommandLine": "c"}),
+     "multiInstanceSettings.numberOfInstances", "must be a JSON integer"),
+    ("priority-string", job(priority="10"), "priority", "must be a JSON integer"),
+    ("maxParallelTasks-float", job(maxParallelTasks=4.0), "maxParallelTasks", "must be a JSON integer"),
+    ("job-retries-bool", job(constraints={"maxTaskRetryCount": False}), "constraints.maxTaskRetryCount",
+     "not a boolean"),
+    ("int32-exit-code", task(exitConditions={"exitCodes": [{"code": 2**31, "exitOptions": {}}]}),
+     "exitConditions.exitCodes[0].code", "less than or equal to 2147483647"),
+    ("int32-negative", task(exitConditions={"exitCodeRanges": [{"start": -(2**31) - 1, "end": 0,
+                                                                "exitOptions": {}}]}),
+     "exitConditions.exitCodeRanges[0].start", "greater than or equal to -2147483648"),
+    ("int32-slots", task(requiredSlots=2**40), "requiredSlots", "less than or equal to 2147483647"),
+    ("str-commandLine-int", task(commandLine=5), "commandLine", "must be a JSON string, not an integer"),
+    ("str-id-bool", task(id=True), "id", "must be a JSON string, not a boolean"),
+    ("str-displayName-float", task(displayName=1.5), "displayName", "must be a JSON string"),
+    ("str-filePath", task(resourceFiles=[{"httpUrl": "u", "filePath": 1}]), "resourceFiles[0].filePath",
+     "must be a JSON string"),
+    ("str-env-value", task(environmentSettings=[{"name": "A", "value": 1}]), "environmentSettings[0].value",
+     "must be a JSON string, not an integer"),
+    ("str-env-name", task(environmentSettings=[{"name": 1}]), "environmentSettings[0].name",
+     "must be a JSON string"),
+    ("str-taskIds", task(dependsOn={"taskIds": ["a", 2]}), "dependsOn.taskIds[1]", "must be a JSON string"),
+    ("str-username", task(userIdentity={"username": 1000}), "userIdentity.username", "must be a JSON string"),
+    ("str-imageName-list", task(containerSettings={"imageName": ["x"]}), "containerSettings.imageName",
+     "must be a JSON string, not an array"),
+    ("str-registry-password", task(containerSettings={"imageName": "x", "registry": {"password": 12345}}),
+     "containerSettings.registry.password", "must be a JSON string, not an integer"),
+    ("object-constraints", task(constraints="PT1H"), "constraints", "must be a JSON object, not a string"),
+    ("array-resourceFiles", task(resourceFiles={"httpUrl": "u"}), "resourceFiles",
+     "must be a JSON array (a list), not an object"),
+    ("null-required-commandLine", task(commandLine=None), "commandLine",
+     "must be a JSON string, not null (this field is required)"),
+    ("null-required-code", task(exitConditions={"exitCodes": [{"code": None, "exitOptions": {}}]}),
+     "exitConditions.exitCodes[0].code", "not null (this field is required)"),
+    ("null-list-item", task(resourceFiles=[None]), "resourceFiles[0]", "must be a JSON object, not null"),
+    ("null-poolInfo", job(poolInfo=None), "poolInfo", "not null (this field is required)"),
+]
+
+
+@pytest.mark.parametrize(("data", "path", "fragment"), [r[1:] for r in STRICT], ids=[r[0] for r in STRICT])
+def test_strict_types_rejected_at_path(data: dict[str, Any], path: str, fragment: str) -> None:
+    issues = issues_of(data)
+    matching = [i for i in issues if i.path == path]
+    assert matching, issues
+    assert fragment in matching[0].message, matching[0].message
+
+
+def test_strict_type_errors_never_show_the_value() -> None:
+    (issue,) = issues_of(task(containerSettings={"imageName": "x", "registry": {"password": 918273645}}))
+    assert "918273645" not in issue.message
+
+
+def test_real_json_types_still_parse() -> None:
+    t = parse_task(task(requiredSlots=2, constraints={"maxTaskRetryCount": -1},
+                        exitConditions={"exitCodes": [{"code": -(2**31), "exitOptions": {}}],
+                                        "exitCodeRanges": [{"start": 0, "end": 2**31 - 1, "exitOptions": {}}]},
+                        containerSettings={"imageName": "x", "containerHostBatchBindMounts": [
+                            {"source": "Task", "isReadOnly": False}]}))
+    assert t.required_slots == 2 and type(t.required_slots) is int
+    j = parse_job(job(usesTaskDependencies=True, priority=-1000, maxParallelTasks=-1,
+                      jobPreparationTask={"commandLine": "x", "waitForSuccess": False}))
+    assert j.uses_task_dependencies is True and j.job_preparation_task is not None
+    assert j.job_preparation_task.wait_for_success is False
+
+
+# ---------------------------------------------------------------------------------------------
+# explicit nulls (the SDKs send them for unset fields): null is "not set", so the service default
+
+NULLS: list[tuple[str, dict[str, Any], Callable[[Any], Any], Any]] = [
+    # (id, data, getter, expected)
+    ("retention-null-is-7-days", task(constraints={"retentionTime": None}),
+     lambda m: m.constraints.retention_time, 7 * DAY),
+    ("wall-clock-null-is-unlimited", task(constraints={"maxWallClockTime": None}),
+     lambda m: m.constraints.max_wall_clock_time, None),
+    ("retries-null-is-unset", task(constraints={"maxTaskRetryCount": None}),
+     lambda m: m.constraints.max_task_retry_count, None),
+    ("all-constraints-null", task(constraints={"maxWallClockTime": None, "retentionTime": None,
+                                               "maxTaskRetryCount": None}),
+     lambda m: limits_for(m, None), Limits(None, 0, 7 * DAY)),
+    ("constraints-null", task(constraints=None), lambda m: m.constraints, None),
+    ("release-wall-clock-null-is-15-minutes",
+     job(jobPreparationTask={"commandLine": "p"}, jobReleaseTask={"commandLine": "r", "maxWallClockTime": None}),
+     lambda m: m.job_release_task.max_wall_clock_time, 15 * MINUTE),
+    ("release-retention-null-is-7-days",
+     job(jobPreparationTask={"commandLine": "p"}, jobReleaseTask={"commandLine": "r", "retentionTime": None}),
+     lambda m: m.job_release_task.retention_time, 7 * DAY),
+    ("release-limits-with-nulls",
+     job(jobPreparationTask={"commandLine": "p"},
+         jobReleaseTask={"commandLine": "r", "maxWallClockTime": None, "retentionTime": None, "id": None}),
+     lambda m: (limits_for(m.job_release_task, m), m.job_release_task.id),
+     (Limits(15 * MINUTE, 0, 7 * DAY), "jobrelease")),
+    ("prep-retention-null", job(jobPreparationTask={"commandLine": "p", "constraints": {"retentionTime": None}}),
+     lambda m: m.job_preparation_task.constraints.retention_time, 7 * DAY),
+    ("prep-bools-null", job(jobPreparationTask={"commandLine": "p", "waitForSuccess": None,
+                                                "rerunOnNodeRebootAfterSuccess": None, "id": None}),
+     lambda m: (m.job_preparation_task.wait_for_success, m.job_preparation_task.rerun_on_node_reboot_after_success,
+                m.job_preparation_task.id), (True, True, "jobpreparation")),
+    ("job-wall-clock-null", job(constraints={"maxWallClockTime": None}),
+     lambda m: m.constraints.max_wall_clock_time, None),
+    ("job-bools-null", job(usesTaskDependencies=None, onTaskFailure=None),
+     lambda m: (m.uses_task_dependencies, m.task_failure_mode), (False, "noaction")),
+    ("manager-bools-null", job(jobManagerTask={"id": "m", "commandLine": "x", "killJobOnCompletion": None,
+                                               "runExclusive": None, "allowLowPriorityNode": None}),
+     lambda m: (m.job_manager_task.kill_job_on_completion, m.job_manager_task.run_exclusive,
+                m.job_manager_task.allow_low_priority_node), (True, True, True)),
+    ("env-value-null", task(environmentSettings=[{"name": "A", "value": None}]),
+     lambda m: m.environment_settings[0].value, None),
+    ("username-null-with-autoUser", task(userIdentity={"username": None, "autoUser": {"scope": "task"}}),
+     lambda m: (m.user_identity.username, m.user_identity.auto_user.scope), (None, "task")),
+    ("autoUser-null-with-username", task(userIdentity={"username": "bob", "autoUser": None}),
+     lambda m: m.user_identity.username, "bob"),
+]
+
+
+@pytest.mark.parametrize(("data", "get", "expected"), [n[1:] for n in NULLS], ids=[n[0] for n in NULLS])
+def test_null_means_the_service_default(data: dict[str, Any], get: Callable[[Any], Any], expected: Any) -> None:
+    model = load_data(data).model
+    assert get(model) == expected
+    assert get(load_data(model.model_dump(by_alias=True, mode="json")).model) == expected
+
+
+def _with_nulls(body: dict[str, Any], model: type[Any]) -> dict[str, Any]:
+    """``body`` with an explicit null for every optional field it leaves out."""
+    absent = {f.alias or n for n, f in model.model_fields.items() if not f.is_required()} - body.keys()
+    return {**body, **dict.fromkeys(absent)}
+
+
+def test_sdk_body_with_explicit_nulls_is_the_same_task() -> None:
+    from agent.spec.task import TaskConstraints
+    body = _with_nulls(SDK_15_BODY, TaskSpec)
+    body["constraints"] = _with_nulls({"maxTaskRetryCount": 3}, TaskConstraints)
+    assert parse_task(body) == parse_task({**SDK_15_BODY, "constraints": {"maxTaskRetryCount": 3}})
+
+
+def test_release_with_explicit_nulls_is_the_default_release() -> None:
+    body = job(jobPreparationTask={"commandLine": "p"},
+               jobReleaseTask=_with_nulls({"commandLine": "r"}, JobReleaseTask))
+    assert parse_job(body) == parse_job(job(jobPreparationTask={"commandLine": "p"},
+                                            jobReleaseTask={"commandLine": "r"}))
+
+
+def test_unlimited_text_is_still_unlimited() -> None:
+    c = parse_task(task(constraints={"retentionTime": UNLIMITED_TEXT, "maxWallClockTime": UNLIMITED_TEXT}))
+    assert c.constraints is not None
+    assert (c.constraints.retention_time, c.constraints.max_wall_clock_time) == (None, None)
+
+
+@pytest.mark.parametrize("data", [task(nonsense=None), task(constraints={"maxWallclockTime": None})],
+                         ids=["top", "constraints"])
+def test_null_for_an_unknown_key_is_still_unknown(data: dict[str, Any]) -> None:
+    (issue,) = issues_of(data)
+    assert issue.message.startswith("unknown field; ")
+
+
+# ---------------------------------------------------------------------------------------------
+# userIdentity: exactly one of username / autoUser (REST: "mutually exclusive; specify one, not both")
+
+USER_IDENTITY: list[tuple[str, dict[str, Any], str]] = [
+    ("both", {"username": "bob", "autoUser": {"scope": "task"}}, "give username or autoUser, not both"),
+    ("empty-username-and-autoUser", {"username": "", "autoUser": {"scope": "pool"}},
+     "not both; they are mutually exclusive (username is empty here: remove the username key"),
+    ("blank-username-and-empty-autoUser", {"username": "  ", "autoUser": {}}, "username is empty here"),
+    ("empty-username", {"username": ""}, "username is empty, which names no user account"),
+    ("blank-username", {"username": " \t"}, "names no user account"),
+    ("neither", {}, "give username or autoUser (exactly one), or leave out userIdentity"),
+    ("both-null", {"username": None, "autoUser": None}, "exactly one"),
+]
+
+
+@pytest.mark.parametrize(("identity", "fragment"), [u[1:] for u in USER_IDENTITY],
+                         ids=[u[0] for u in USER_IDENTITY])
+def test_user_identity_rules(identity: dict[str, Any], fragment: str) -> None:
+    for data, prefix in ((task(userIdentity=identity), ""),
+                         (job(jobPreparationTask={"commandLine": "p", "userIdentity": identity}),
+                          "jobPreparationTask.")):
+        (issue,) = issues_of(data)
+        assert issue.path == prefix + "userIdentity"
+        assert fragment in issue.message, issue.message
 
 
 # ---------------------------------------------------------------------------------------------

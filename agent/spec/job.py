@@ -12,9 +12,10 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from agent.spec.base import BatchModel, Duration, one_of
+from agent.spec.base import BatchModel, Duration, Int32, one_of
 from agent.spec.task import (
     DEFAULT_RETENTION,
+    IN_CONSTRAINTS_HINTS,
     ApplicationPackageReference,
     AuthenticationTokenSettings,
     EnvironmentSetting,
@@ -28,7 +29,22 @@ from agent.spec.task import (
 RELEASE_MAX_WALL_CLOCK = timedelta(minutes=15)
 
 
+_RELEASE_HINTS = {
+    "constraints": "a jobReleaseTask has no constraints object: write maxWallClockTime (at most PT15M, the "
+                   "default) and retentionTime directly on jobReleaseTask; maxTaskRetryCount is not allowed "
+                   "there (Batch does not retry a release task)",
+    "maxTaskRetryCount": "maxTaskRetryCount is not allowed on a jobReleaseTask (Batch does not retry a release "
+                         "task)",
+    "outputFiles": "a jobReleaseTask has no outputFiles (only tasks and job manager tasks upload files)",
+    "exitConditions": "a jobReleaseTask has no exitConditions (its exit code acts on no job or dependent task)",
+    **{name: f"{name} exists only on a jobPreparationTask" for name in ("waitForSuccess",
+                                                                         "rerunOnNodeRebootAfterSuccess")},
+}
+
+
 class JobPreparationTask(TaskBase):
+    field_hints: ClassVar[dict[str, str]] = IN_CONSTRAINTS_HINTS
+
     id: str = "jobpreparation"
     constraints: TaskConstraints | None = None
     wait_for_success: bool = True
@@ -38,6 +54,12 @@ class JobPreparationTask(TaskBase):
 
 
 class JobReleaseTask(TaskBase):
+    """Unlike the other tasks: ``maxWallClockTime`` / ``retentionTime`` at the top level, no
+    ``constraints``, no retries (SEED-PY, sdk-compat.md). ``maxWallClockTime`` defaults to and is
+    capped at 15 minutes; ``null`` means that default."""
+
+    field_hints: ClassVar[dict[str, str]] = _RELEASE_HINTS
+
     id: str = "jobrelease"
     max_wall_clock_time: Duration = RELEASE_MAX_WALL_CLOCK
     retention_time: Duration = DEFAULT_RETENTION
@@ -49,18 +71,21 @@ class JobReleaseTask(TaskBase):
     def _cap(cls, value: timedelta | None) -> timedelta | None:
         if value is None or value > RELEASE_MAX_WALL_CLOCK:
             raise PydanticCustomError(
-                "release_cap", "a job release task may run at most 15 minutes; use at most 'PT15M'")
+                "release_cap", "a job release task may run at most 15 minutes; use at most 'PT15M' (or leave "
+                "it out for the 15-minute default)")
         return value
 
 
 class JobManagerTask(TaskBase):
     """Parsed and validated; it runs under the agent service (the scheduler), not `run`."""
 
+    field_hints: ClassVar[dict[str, str]] = IN_CONSTRAINTS_HINTS
+
     id: str
     display_name: str | None = Field(default=None, max_length=1024)
     output_files: list[OutputFile] | None = None
     constraints: TaskConstraints | None = None
-    required_slots: int | None = Field(default=None, ge=1)
+    required_slots: Int32 | None = Field(default=None, ge=1)
     kill_job_on_completion: bool = True
     run_exclusive: bool = True
     application_package_references: list[ApplicationPackageReference] | None = None
@@ -72,7 +97,7 @@ class JobManagerTask(TaskBase):
 
 class JobConstraints(BatchModel):
     max_wall_clock_time: Duration = None
-    max_task_retry_count: int | None = Field(default=None, ge=-1)
+    max_task_retry_count: Int32 | None = Field(default=None, ge=-1)
 
 
 JOB_READ_ONLY = frozenset({
@@ -96,9 +121,9 @@ class JobSpec(BatchModel):
     id: str
     display_name: str | None = Field(default=None, max_length=1024)
     uses_task_dependencies: bool = False
-    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    priority: Int32 | None = Field(default=None, ge=-1000, le=1000)
     allow_task_preemption: bool | None = None
-    max_parallel_tasks: int | None = None
+    max_parallel_tasks: Int32 | None = None
     constraints: JobConstraints | None = None
     job_manager_task: JobManagerTask | None = None
     job_preparation_task: JobPreparationTask | None = None

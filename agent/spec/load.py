@@ -8,6 +8,7 @@ not a JSON decode error, not a pydantic error, not a traceback.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -117,18 +118,60 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+# pydantic's strict type errors -> what JSON type the field wants.
+_WANTED = {
+    "int_type": "a JSON integer", "int_parsing": "a JSON integer", "int_from_float": "a JSON integer",
+    "bool_type": "true or false (a JSON boolean)", "bool_parsing": "true or false (a JSON boolean)",
+    "string_type": "a JSON string", "list_type": "a JSON array (a list)", "dict_type": "a JSON object",
+    "model_type": "a JSON object", "model_attributes_type": "a JSON object",
+}
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a value (never the value: it may be a secret)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number with a fraction or exponent" if isinstance(value, float) else "an integer"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list | tuple) else "an object"
+
+
+def _type_message(kind: str, value: Any, *, field: bool) -> str:
+    wanted = _WANTED[kind]
+    message = f"must be {wanted}, not {_json_type(value)}"
+    if value is None and field:  # optional fields' nulls are dropped earlier: this one is required
+        message += " (this field is required)"
+    elif isinstance(value, str) and (
+            (kind.startswith("bool") and value.strip() in ("true", "false"))
+            or (kind.startswith("int") and re.fullmatch(r"-?[0-9]{1,10}", value.strip()))):
+        message += f"; write {value.strip()} without quotes"
+    elif isinstance(value, float) and kind.startswith("int") and value.is_integer():
+        message += f"; write {int(value)}"
+    return message
+
+
 def issues_from(exc: ValidationError, model_type: type[BatchModel]) -> list[Issue]:
     issues: list[Issue] = []
-    for err in exc.errors(include_url=False, include_input=False):
-        path = format_loc(tuple(err["loc"]))
+    for err in exc.errors(include_url=False, include_input=True):
+        loc = tuple(err["loc"])
+        path = format_loc(loc)
         kind = err["type"]
         message = err["msg"]
         if kind == "extra_forbidden":
-            owner = _model_at(model_type, tuple(err["loc"])[:-1])
+            owner = _model_at(model_type, loc[:-1])
+            key = str(loc[-1])
             known = owner.known_fields() if owner else []
-            message = f"unknown field; {did_you_mean(str(err['loc'][-1]), known)}"
-        if kind == "missing":
+            hint = owner.field_hints.get(key) if owner else None
+            message = f"unknown field; {hint}; allowed: {', '.join(known)}" if hint else \
+                f"unknown field; {did_you_mean(key, known)}"
+        elif kind == "missing":
             message = "required field is missing"
+        elif kind in _WANTED:
+            message = _type_message(kind, err.get("input"), field=bool(loc) and isinstance(loc[-1], str))
         issues.append(Issue(path, message))
     return issues
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from agent.spec.base import BatchModel, Duration, one_of
+from agent.spec.base import BatchModel, Duration, Int32, one_of
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ID_RULE = "1 to 64 characters: letters, digits, '-' and '_'"
@@ -122,15 +122,15 @@ class ExitOptions(BatchModel):
 
 
 class ExitCodeMapping(BatchModel):
-    code: int
+    code: Int32
     exit_options: ExitOptions
 
 
 class _Range(BatchModel):
     """An inclusive ``start``..``end`` range (exit codes, task ids)."""
 
-    start: int
-    end: int
+    start: Int32
+    end: Int32
 
     @model_validator(mode="after")
     def _ordered(self) -> _Range:
@@ -181,7 +181,7 @@ class OutputFile(BatchModel):
 class TaskConstraints(BatchModel):
     max_wall_clock_time: Duration = None
     retention_time: Duration = DEFAULT_RETENTION
-    max_task_retry_count: int | None = Field(default=None, ge=-1)
+    max_task_retry_count: Int32 | None = Field(default=None, ge=-1)
 
 
 class AutoUserSpecification(BatchModel):
@@ -190,13 +190,26 @@ class AutoUserSpecification(BatchModel):
 
 
 class UserIdentity(BatchModel):
+    """Exactly one of ``username`` / ``autoUser`` (REST: "mutually exclusive; you must specify
+    one but not both"). A present username counts even when empty: ``""`` is not "no username",
+    and it names no account either."""
+
     username: str | None = None
     auto_user: AutoUserSpecification | None = None
 
     @model_validator(mode="after")
-    def _exclusive(self) -> UserIdentity:
-        if self.username and self.auto_user:
-            raise PydanticCustomError("user_identity", "give username or autoUser, not both")
+    def _exactly_one(self) -> UserIdentity:
+        if self.username is not None and self.auto_user is not None:
+            empty = " (username is empty here: remove the username key to run as the autoUser)" \
+                if not self.username.strip() else ""
+            raise PydanticCustomError("user_identity", "give username or autoUser, not both; they are "
+                                      "mutually exclusive" + empty)
+        if self.username is not None and not self.username.strip():
+            raise PydanticCustomError("user_identity", "username is empty, which names no user account; "
+                                      "give the name of a pool user account, or use autoUser instead")
+        if self.username is None and self.auto_user is None:
+            raise PydanticCustomError("user_identity", "give username or autoUser (exactly one), or leave "
+                                      "out userIdentity to run as the default auto-user")
         return self
 
 
@@ -218,7 +231,7 @@ class TaskDependencies(BatchModel):
 
 
 class MultiInstanceSettings(BatchModel):
-    number_of_instances: int | None = Field(default=None, ge=1)
+    number_of_instances: Int32 | None = Field(default=None, ge=1)
     coordination_command_line: str
     common_resource_files: list[ResourceFile] | None = None
 
@@ -246,6 +259,13 @@ class TaskBase(BatchModel):
     user_identity: UserIdentity | None = None
 
 
+# Timing fields of a task that live in ``constraints`` (hints for writing them one level up).
+IN_CONSTRAINTS_HINTS = {
+    name: f"{name} belongs inside constraints here: write constraints.{name}"
+    for name in ("maxWallClockTime", "retentionTime", "maxTaskRetryCount")
+}
+
+
 # Read-only fields of a Get Task response: accepted (an `az batch task show` dump can be fed
 # back) and ignored.
 TASK_READ_ONLY = frozenset({
@@ -258,6 +278,7 @@ class TaskSpec(TaskBase):
     """``BatchTaskCreateOptions``: the body of Tasks - Create Task."""
 
     ignored_fields: ClassVar[frozenset[str]] = TASK_READ_ONLY
+    field_hints: ClassVar[dict[str, str]] = IN_CONSTRAINTS_HINTS
 
     id: str
     display_name: str | None = Field(default=None, max_length=1024)
@@ -265,7 +286,7 @@ class TaskSpec(TaskBase):
     output_files: list[OutputFile] | None = None
     affinity_info: AffinityInfo | None = None
     constraints: TaskConstraints | None = None
-    required_slots: int | None = Field(default=None, ge=1)
+    required_slots: Int32 | None = Field(default=None, ge=1)
     multi_instance_settings: MultiInstanceSettings | None = None
     depends_on: TaskDependencies | None = None
     application_package_references: list[ApplicationPackageReference] | None = None
