@@ -3,7 +3,8 @@
     scripts/infra-up.sh   # dockerd and localtest/busybox:full
     .venv/bin/python bench/bench_container.py [--runs 20] [--image localtest/busybox:full] [--no-cli]
 
-Cases, interleaved round by round so machine load hits them alike (medians of ``--runs``):
+Cases, interleaved round by round (the order rotates each round) so machine load hits them
+alike; ``--runs`` rounds:
 
 * ``docker run --rm --network none IMAGE true``: the docker CLI, the baseline;
 * the SDK floor: ``containers.create`` + ``start`` + ``wait`` + ``remove``, nothing else;
@@ -15,6 +16,10 @@ Cases, interleaved round by round so machine load hits them alike (medians of ``
 
 Every container uses network ``none`` (no bridge traffic). The in-process case also prints where
 its time goes: each engine API call it makes, timed (median per task).
+
+Printed last, each on its own ``RATIO`` line: batch-agent in process / docker run and batch-agent
+run (CLI) / docker run, each the median over rounds of that round's ratio (both cases timed in
+the same round), with the ratio of the medians next to it; aim <= 1.0x.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ class CallTimes:
 
     def __init__(self, client: Any) -> None:
         self.samples: dict[str, list[float]] = collections.defaultdict(list)
-        self.current: collections.Counter[str] = collections.Counter()
+        self.current: collections.defaultdict[str, float] = collections.defaultdict(float)
         for name in API_CALLS:
             setattr(client.api, name, self._wrap(name, getattr(client.api, name)))
 
@@ -104,7 +109,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
     calls = CallTimes(client)
     root = tmp / "root"
     config = AgentConfig(node=NodeConfig(root=root), tasks=TaskConfig(kill_grace=0.0),
-                         docker=DockerConfig(network="none"))
+                         docker=DockerConfig(network="none", stop_grace=0.0))
     runner = ContainerRunner(config.docker, client=client)
     task_runner = TaskRunner(
         config=config, node=NodeIdentity("bench", "http://127.0.0.1:1/", "pool", "node"),
@@ -116,7 +121,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
     spec = TaskSpec.model_validate(task)
     task_file, config_file = tmp / "task.json", tmp / "agent.toml"
     task_file.write_text(json.dumps(task))
-    config_file.write_text('[docker]\nnetwork = "none"\n[tasks]\nkill_grace = 0\n')
+    config_file.write_text('[docker]\nnetwork = "none"\nstop_grace = 0\n[tasks]\nkill_grace = 0\n')
     cli_root = tmp / "cli-root"
 
     async def in_process() -> None:
@@ -132,36 +137,54 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
     calls.end_task()
     calls.samples.clear()
 
-    times: dict[str, list[float]] = collections.defaultdict(list)
-    for _ in range(args.runs):
-        for name, step in (("docker run --rm (CLI)", lambda: docker_run(args.image)),
-                           ("SDK create+start+wait+remove", lambda: sdk_floor(client, args.image))):
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-        calls.current.clear()            # the SDK floor's calls are not the agent's
+    async def timed(step: Callable[[], Any]) -> float:
         start = time.perf_counter()
-        await in_process()
-        times["batch-agent in process (TaskRunner)"].append(time.perf_counter() - start)
-        calls.end_task()
-        if args.cli:
-            start = time.perf_counter()
-            cli_run(task_file, cli_root, config_file)
-            times["batch-agent run (CLI, end to end)"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            subprocess.run([PYTHON, "-m", "agent", "--version"], check=True, capture_output=True, cwd=REPO)
-            times["  of which CLI start-up (agent --version)"].append(time.perf_counter() - start)
+        result = step()
+        if asyncio.iscoroutine(result):
+            await result
+        return time.perf_counter() - start
+
+    def agent_version() -> None:
+        subprocess.run([PYTHON, "-m", "agent", "--version"], check=True, capture_output=True, cwd=REPO)
+
+    docker_name, process_name, cli_name = ("docker run --rm (CLI)", "batch-agent in process (TaskRunner)",
+                                           "batch-agent run (CLI, end to end)")
+    cases: list[tuple[str, Callable[[], Any]]] = [
+        (docker_name, lambda: docker_run(args.image)),
+        ("SDK create+start+wait+remove", lambda: sdk_floor(client, args.image)),
+        (process_name, in_process),
+    ]
+    if args.cli:
+        cases += [(cli_name, lambda: cli_run(task_file, cli_root, config_file)),
+                  ("  of which CLI start-up (agent --version)", agent_version)]
+    times: dict[str, list[float]] = {name: [] for name, _ in cases}
+    for round_no in range(args.runs):
+        shift = round_no % len(cases)
+        for name, step in cases[shift:] + cases[:shift]:
+            calls.current.clear()        # only the in-process case's engine calls are kept
+            times[name].append(await timed(step))
+            if name == process_name:
+                calls.end_task()
 
     med = {name: statistics.median(values) * 1000 for name, values in times.items()}
-    base = med["docker run --rm (CLI)"]
-    print(f"\n== container task `true`: batch-agent vs docker run --rm ({args.runs} runs each, medians, "
-          f"image {args.image})")
+    base = med[docker_name]
+    print(f"\n== container task `true`: batch-agent vs docker run --rm ({args.runs} interleaved rounds, "
+          f"medians, image {args.image})")
     for name, value in med.items():
-        print(f"  {name:<40} {value:8.1f} ms   {value / base:5.2f}x docker run")
-    print("  aim: batch-agent / docker run <= 1.0x")
+        print(f"  {name:<42} {value:8.1f} ms   {value / base:5.2f}x docker run")
     print("\n  in-process engine calls per task (median ms):")
     for name, values in sorted(calls.samples.items(), key=lambda kv: -statistics.median(kv[1])):
         print(f"    {name:<20} {statistics.median(values) * 1000:8.1f}")
+    print()
+    for label, name in (("in process", process_name), ("end to end", cli_name)):
+        if name not in times:
+            print(f"  RATIO {label}: skipped (--no-cli)")
+            continue
+        per_round = statistics.median(a / d for a, d in zip(times[name], times[docker_name], strict=True))
+        verdict = "met" if per_round <= 1.0 else "missed"
+        print(f"  RATIO {label:<10} {name} / docker run --rm: {per_round:.2f}x "
+              f"(median of {args.runs} per-round ratios; ratio of medians {med[name] / base:.2f}x); "
+              f"aim <= 1.0x: {verdict}")
     client.close()
 
 
