@@ -26,6 +26,12 @@ Choices where Batch is silent (UNCONFIRMED): directories created here get ``file
 existing directories are left alone. When two entries name the same file, the later one wins.
 An ``identityReference`` fails the task (UserError ``TaskFeatureNotSupported``): azure-identity is
 not a dependency, and is not installed here, so no token could be obtained.
+
+Overall deadline: listing and downloading a task's resource files together may take at most
+``RESOURCE_DOWNLOAD_DEADLINE`` seconds; past it the transfers are cancelled and the task fails
+with ``ResourceDownloadTimedOut`` (agent >= 1.9.6 ends endlessly-retrying downloads with that
+code). Its category is UNCONFIRMED (semantics doc §15 item 10): ServerError here, as for the
+other download time-outs (``BlobDownloadTimedOut``, ``ResourceContainerListTimedOut``).
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ from agent.redact import redact_url
 from agent.runner import TaskUser
 from agent.spec import ResourceFile
 from agent.status import FailureInfo, NameValue
+
+RESOURCE_DOWNLOAD_DEADLINE = 4 * 3600.0
+"""Seconds all of one task's resource files may take (listing included) before the task fails
+with ``ResourceDownloadTimedOut``. A constant because ``agent.config`` has no key for it yet; the
+per-read ``[storage] timeout`` and the retries bound each request, this bounds the whole phase
+(a server that trickles bytes, or retries that never end). Batch's own value is not documented."""
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PROC_FD = Path("/proc/self/fd")
@@ -329,12 +341,31 @@ async def run_bounded(jobs: Sequence[Callable[[], Awaitable[FailureInfo | None]]
 
 async def stage_resource_files(files: Sequence[ResourceFile], dest_dir: Path, *, user: TaskUser,
                                transport: BlobTransport, storage: StorageConfig,
-                               progress: Progress | None = None) -> StagingResult | FailureInfo:
-    """Download every resource file into ``dest_dir`` (the task working dir), or say why not."""
+                               progress: Progress | None = None,
+                               deadline: float | None = RESOURCE_DOWNLOAD_DEADLINE,
+                               ) -> StagingResult | FailureInfo:
+    """Download every resource file into ``dest_dir`` (the task working dir), or say why not.
+
+    ``deadline``: seconds for the whole phase (None: no limit), see the module docstring.
+    """
     started = time.monotonic()
     if not _PROC_FD.is_dir():
         return FailureInfo.server("ResourceFileCreateFailed", "/proc is not mounted; batch-agent needs "
                                   "/proc/self/fd to write resource files safely")
+    try:
+        async with asyncio.timeout(deadline):
+            return await _stage(files, dest_dir, user, transport, storage, progress, started)
+    except TimeoutError:
+        assert deadline is not None
+        return FailureInfo.server(
+            "ResourceDownloadTimedOut", "The resource files were not downloaded within the time allowed.",
+            Message=f"downloading the task's resource files took longer than {deadline:g} seconds; the "
+                    "transfers were cancelled")
+
+
+async def _stage(files: Sequence[ResourceFile], dest_dir: Path, user: TaskUser, transport: BlobTransport,
+                 storage: StorageConfig, progress: Progress | None, started: float,
+                 ) -> StagingResult | FailureInfo:
     planned = await plan_downloads(files, transport, storage)
     if isinstance(planned, FailureInfo):
         return planned

@@ -455,3 +455,67 @@ async def test_full_disk_is_disk_full(azurite: Any, tiny_disk: Path) -> None:
     assert (failure.category, failure.code) == (ErrorCategory.SERVER, "DiskFull")
     assert details(failure)["FilePath"] == "big.bin"
     assert list(tiny_disk.iterdir()) == []
+
+
+# --- the overall deadline (ResourceDownloadTimedOut) ------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def trickle_server() -> AsyncIterator[str]:
+    """Answers every GET with 200 and a 1 GB Content-Length, then sends one byte every 20 ms for
+    ever: no read ever times out and no retry ever happens, the download just never ends."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+            while True:
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.02)          # the server's pace, not a wait in the test
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def staged_within(files: list[ResourceFile], wd: Path, deadline: float) -> FailureInfo:
+    storage = StorageConfig(retries=1000, backoff=0.0, timeout=30.0, concurrency=4)
+    async with BlobTransport(transport_config(storage)) as transport:
+        return failed(await stage_resource_files(files, wd, user=ME, transport=transport, storage=storage,
+                                                 deadline=deadline))
+
+
+async def test_a_download_that_never_ends_fails_at_the_deadline(wd: Path) -> None:
+    loop = asyncio.get_running_loop()
+    async with trickle_server() as url:
+        started = loop.time()
+        failure = await staged_within([rf(httpUrl=f"{url}/big", filePath="big"),
+                                       rf(httpUrl=f"{url}/other", filePath="d/other")], wd, 0.5)
+        took = loop.time() - started
+    assert (failure.category, failure.code) == (ErrorCategory.SERVER, "ResourceDownloadTimedOut")
+    assert "0.5 seconds" in details(failure)["Message"]
+    assert 0.5 <= took < 5, took                        # the 30 s read timeout played no part
+    assert not [p for p in wd.rglob("*") if p.is_file()]   # temp files removed before the hook returns
+
+
+async def test_a_server_that_never_answers_fails_at_the_deadline(wd: Path) -> None:
+    loop = asyncio.get_running_loop()
+    with silent_listener() as url:
+        started = loop.time()
+        failure = await staged_within([rf(httpUrl=f"{url}/f", filePath="f")], wd, 0.3)
+        took = loop.time() - started
+        listing = await staged_within([rf(storageContainerUrl=f"{url}/c")], wd, 0.3)
+    assert failure.code == listing.code == "ResourceDownloadTimedOut"
+    assert took < 5, took
+    assert tree(wd) == {}
