@@ -120,6 +120,36 @@ def transport_config(storage: StorageConfig) -> TransportConfig:
                            retry=RetryPolicy(attempts=max(1, storage.retries), base_delay=storage.backoff))
 
 
+_TASK_TRANSPORTS: dict[tuple[str, str, int], BlobTransport] = {}
+
+
+def task_transport(key: tuple[str, str, int], storage: StorageConfig) -> BlobTransport:
+    """The one transport of a task attempt ``(job id, task id, attempt)``, shared by the resource
+    files hook and the output files hook (one connection pool; the TLS context is per process).
+
+    Made on first use; whoever uses it last closes it with ``release_task_transport``. Opening
+    one for a new attempt closes any left over from an earlier attempt of the same task (an
+    attempt whose exited hooks never ran, e.g. a later prestart hook failed).
+    """
+    found = _TASK_TRANSPORTS.get(key)
+    if found is None:
+        for old in [k for k in _TASK_TRANSPORTS if k[:2] == key[:2]]:
+            _LEFT_OVER.append(_TASK_TRANSPORTS.pop(old))
+        found = _TASK_TRANSPORTS[key] = BlobTransport(transport_config(storage))
+    return found
+
+
+_LEFT_OVER: list[BlobTransport] = []
+
+
+async def release_task_transport(key: tuple[str, str, int]) -> None:
+    """Close the attempt's transport (and any left over from earlier attempts). Idempotent."""
+    closing = [t for t in (_TASK_TRANSPORTS.pop(key, None),) if t is not None] + _LEFT_OVER
+    _LEFT_OVER.clear()
+    for transport in closing:
+        await transport.aclose()
+
+
 def _with_detail(failure: FailureInfo, **extra: str) -> FailureInfo:
     return replace(failure, details=failure.details + tuple(NameValue(k, v) for k, v in extra.items()))
 

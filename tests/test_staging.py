@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.blob import BlobTransport, blob_url
+from agent.blob import BlobError, BlobTransport, blob_url
 from agent.config import StorageConfig
 from agent.runner import TaskUser
 from agent.spec import ResourceFile
@@ -30,7 +30,9 @@ from agent.staging import (
     auto_storage_container,
     dir_mode,
     name_problem,
+    release_task_transport,
     stage_resource_files,
+    task_transport,
     transport_config,
 )
 from agent.status import ErrorCategory, FailureInfo
@@ -519,3 +521,22 @@ async def test_a_server_that_never_answers_fails_at_the_deadline(wd: Path) -> No
     assert failure.code == listing.code == "ResourceDownloadTimedOut"
     assert took < 5, took
     assert tree(wd) == {}
+
+
+# --- one transport per task attempt, shared with the output files hook ----------------------------
+
+@pytest.mark.azurite
+async def test_one_transport_per_attempt_shared_then_closed(azurite: Any, wd: Path) -> None:
+    name, sas = azurite.container(permission="rl")
+    azurite.upload(name, "a.txt", b"a")
+    first = task_transport(("job", "t1", 0), FAST)
+    assert task_transport(("job", "t1", 0), FAST) is first          # the output files hook's view
+    assert isinstance(await stage_resource_files([rf(storageContainerUrl=sas)], wd, user=ME, transport=first,
+                                                 storage=FAST), StagingResult)
+    retry = task_transport(("job", "t1", 1), FAST)                  # a new attempt: a new transport
+    assert retry is not first
+    await release_task_transport(("job", "t1", 1))                  # closes the earlier one too
+    for closed in (first, retry):
+        with pytest.raises(BlobError, match="closed"):
+            await closed.list_blobs(sas)
+    await release_task_transport(("job", "t1", 1))                  # idempotent
