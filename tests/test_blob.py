@@ -372,14 +372,17 @@ async def test_local_write_failure(azurite: Any, transport: BlobTransport, tmp_p
     assert download_failure(info.value, listing=False).code == "ResourceFileWriteFailed"
 
 
+@pytest.mark.root
 @pytest.mark.azurite
 async def test_disk_full(azurite: Any, transport: BlobTransport, tmp_path: Path) -> None:
     small = tmp_path / "small"
     small.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True).returncode == 0
-    if not mounted:
-        pytest.skip("needs root and permission to mount a small tmpfs")
+    if os.geteuid() != 0:
+        pytest.fail("test_disk_full must run as root (CI does): it mounts a 256 KiB tmpfs to fill")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs for the full-disk test: {mount.stderr.strip()}")
     try:
         name, sas = azurite.container()
         azurite.upload(name, "big.bin", os.urandom(1024 * 1024))
