@@ -202,13 +202,15 @@ def build_runner(config: AgentConfig, specs: Sequence[TaskBase], *, progress: An
         from agent.hooks.resources import ResourceFilesHook
         prestart.append(ResourceFilesHook())
     if "containerSettings" in needed:
+        from agent.container.image import PullRetry
         from agent.container.orphans import remove_orphans
         from agent.container.runner import ContainerRunner
         from agent.hooks.image import ImageHook
         container_runner = ContainerRunner(config.docker)
         remove_orphans(container_runner.client, node_root=config.node.root)
         runners["container"] = container_runner
-        prestart.append(ImageHook(container_runner.client, config.docker))
+        retry = PullRetry(attempts=config.docker.pull_attempts, backoff=config.docker.pull_backoff)
+        prestart.append(ImageHook(container_runner.client, config.docker, retry=retry))
     if "outputFiles" in needed:
         from agent.hooks.outputs import OutputFilesHook
         exited.append(OutputFilesHook())

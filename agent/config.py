@@ -67,6 +67,8 @@ class StorageConfig:
 class DockerConfig:
     stop_grace: float = 10.0
     network: str = ""                   # default network mode for containers ("" = engine default)
+    pull_attempts: int = 5              # registry login / image pull tries on throttling and 5xx
+    pull_backoff: float = 1.0           # first wait (s) between those tries, doubling, at most 16 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,8 @@ _RANGES: Mapping[str, tuple[float | None, float | None]] = {
     "storage.timeout": (1, None),
     "storage.block_threshold": (1, None),
     "docker.stop_grace": (0, 3600),
+    "docker.pull_attempts": (1, 20),
+    "docker.pull_backoff": (0, 60),
 }
 
 

@@ -84,23 +84,31 @@ def _container(spec: TaskBase, argv: tuple[str, ...], env: dict[str, str], user:
     if settings is None:
         return None
     from agent.container.build import build_container_request, describe
+    from agent.container.host import detect_host
     from agent.container.runopts import RunOptionsError
 
     layout = NodeLayout(ctx.config.node.root)
     prep = ctx.job.job_preparation_task if ctx.job else None
+    host = detect_host()
     try:
         request, _ = build_container_request(
             settings, argv=argv, env=env, dirs=layout.task(ctx.job_id, task_id), layout=layout, user=user,
             prep_dirs=layout.task(ctx.job_id, prep.id) if prep else None, job_id=ctx.job_id,
-            task_id=task_id, attempt=0, network_default=ctx.config.docker.network)
+            task_id=task_id, attempt=0, network_default=ctx.config.docker.network, host=host)
     except (RunOptionsError, ValueError) as exc:
         return {"image": settings.image_name, "error": f"the task would fail (ContainerInvalidSettings): {exc}"}
-    out = describe(request)
+    out = describe(request, host)
     if settings.registry:
         reg = settings.registry
         out["registry"] = {"server": reg.registry_server or "docker.io", "username": reg.username,
                            "password": MASK if reg.password else None}
     return out
+
+
+def _docker_grace(ctx: PlanContext) -> int:
+    from agent.container.runner import stop_timeout
+
+    return stop_timeout(ctx.config.docker.stop_grace)
 
 
 def plan_task(spec: TaskBase, ctx: PlanContext, *, kind: str = TASK, task_id: str | None = None) -> dict[str, Any]:
@@ -139,7 +147,7 @@ def plan_task(spec: TaskBase, ctx: PlanContext, *, kind: str = TASK, task_id: st
             "maxWallClockTime": format_duration(limits.wall_clock),
             "killLadder": f"SIGTERM to the process group, {grace:g}s grace, SIGKILL, sweep of escaped "
                           "processes" if spec.container_settings is None else
-                          f"docker stop (SIGTERM, {grace:g}s, SIGKILL), then remove",
+                          f"docker stop (SIGTERM, {_docker_grace(ctx):g}s, SIGKILL), then remove",
             "maxTaskRetryCount": limits.max_retries,
             "attempts": "unlimited" if limits.max_retries < 0 else limits.max_retries + 1,
             "retentionTime": format_duration(limits.retention),

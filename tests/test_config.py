@@ -76,6 +76,8 @@ block_threshold = 1024
 [docker]
 stop_grace = "PT1M"
 network = "none"
+pull_attempts = 2
+pull_backoff = 0
 """)
     cfg = load_config(path, environ={})
     assert cfg.source == str(path)
@@ -86,6 +88,7 @@ network = "none"
     assert cfg.storage.backoff == 0.0 and isinstance(cfg.storage.backoff, float)
     assert cfg.storage.timeout == 30.0 and cfg.storage.retries == 0 and cfg.storage.block_threshold == 1024
     assert cfg.docker.stop_grace == 60.0 and cfg.docker.network == "none"
+    assert cfg.docker.pull_attempts == 2 and cfg.docker.pull_backoff == 0.0
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
@@ -160,6 +163,7 @@ ERRORS: list[tuple[str, str, list[tuple[str, str]]]] = [
      [("docker.stop_grace", "must be a finite time")]),
     ("zero-concurrency", "[storage]\nconcurrency = 0\n", [("storage.concurrency", "between 1 and 256, got 0")]),
     ("huge-concurrency", "[storage]\nconcurrency = 100000\n", [("storage.concurrency", "between 1 and 256")]),
+    ("zero-pull-attempts", "[docker]\npull_attempts = 0\n", [("docker.pull_attempts", "between 1 and 20")]),
     ("negative-retries", "[storage]\nretries = -2\n", [("storage.retries", "between 0 and 100")]),
     ("zero-timeout", "[storage]\ntimeout = 0\n", [("storage.timeout", "at least 1")]),
     ("zero-blocks", "[storage]\nblock_threshold = 0\n", [("storage.block_threshold", "at least 1, got 0")]),

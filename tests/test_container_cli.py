@@ -118,6 +118,16 @@ def test_plan_shows_the_container_creation(cli: Cli) -> None:
     assert "x-Secret-456" not in output and "tok-Secret-123" not in output
 
 
+def test_plan_kill_ladder_uses_the_docker_grace(node_root: Path, tmp_path: Path, test_image: str,
+                                                docker_client: Any) -> None:
+    """Containers stop with [docker] stop_grace (whole seconds, rounded up), not [tasks] kill_grace."""
+    cli = Cli(node_root, tmp_path, test_image, docker_client)
+    cli.config.write_text('[docker]\nstop_grace = 2.5\n[tasks]\nkill_grace = 40\n')
+    rc, data, _ = cli("plan", {"id": "grace"})
+    assert rc == 0, data
+    assert data["limits"]["killLadder"] == "docker stop (SIGTERM, 3s, SIGKILL), then remove"
+
+
 @pytest.mark.azurite
 def test_resource_and_output_files_work_unchanged(node_root: Path, tmp_path: Path, test_image: str,
                                                   docker_client: Any, azurite: Any) -> None:
