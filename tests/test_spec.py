@@ -527,6 +527,11 @@ UNKNOWN: list[tuple[str, Any, str, str, str]] = [
      , "multiInstanceSettings.commonResourceFiles[0].httpurl", "did you mean 'httpUrl'?", "task"),
     ("dependsOn", patched(KITCHEN_SINK, (("dependsOn", "taskIDs"), ["x"])), "dependsOn.taskIDs",
      "did you mean 'taskIds'?", "task"),
+    # Python (snake_case) names are not REST names: Batch would refuse them, so the agent does too
+    ("snake-top", patched(KITCHEN_SINK, (("command_line",), "x"), (("commandLine",), _DELETE)), "command_line",
+     "did you mean 'commandLine'?", "task"),
+    ("snake-nested", patched(KITCHEN_SINK, (("constraints", "max_task_retry_count"), 1)),
+     "constraints.max_task_retry_count", "did you mean 'maxTaskRetryCount'?", "task"),
     ("no-close-match", patched(KITCHEN_SINK, (("affinityInfo", "zzz"), 1)), "affinityInfo.zzz",
      "allowed: affinityId", "task"),
     ("collection", {"value": [task(), task(id="t2", resourcefiles=[])]}, "value[1].resourcefiles",
@@ -1049,7 +1054,7 @@ LIMITS: list[tuple[str, Callable[[], Any], dict[str, Any] | None, Limits]] = [
     ("prep-partial-constraints", lambda: parse_job(job(jobPreparationTask={
         "commandLine": "p", "constraints": {"maxWallClockTime": "PT10M"}})).job_preparation_task,
      job(constraints={"maxTaskRetryCount": 7}), Limits(10 * MINUTE, 0, 7 * DAY)),
-    ("release-default-cap", lambda: JobReleaseTask(command_line="r"),
+    ("release-default-cap", lambda: JobReleaseTask.model_validate({"commandLine": "r"}),
      job(constraints={"maxTaskRetryCount": 7}),
      Limits(15 * MINUTE, 0, 7 * DAY)),
     ("release-own", lambda: parse_job(job(jobPreparationTask={"commandLine": "p"},

@@ -32,7 +32,7 @@ class BatchModel(BaseModel):
     """A Batch REST object. Unknown fields are rejected, naming the closest known field."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid", strict=True,
+        alias_generator=to_camel, validate_by_name=False, validate_by_alias=True, frozen=True, extra="forbid", strict=True,
         str_strip_whitespace=False, hide_input_in_errors=True,
     )
     # Keys that may appear but mean nothing here (read-only fields of a GET dump, ...).
