@@ -140,7 +140,7 @@ def ensure_shared_dir_permissions(path: Path) -> None:
 def _choose(identity: UserIdentity | None, kind: str, policy: UserPolicy) -> _Choice:
     if kind not in KINDS:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {sorted(KINDS)}")
-    if identity is not None and identity.username:
+    if identity is not None and identity.username is not None:  # the spec refuses an empty one
         return _Choice(f"user {identity.username!r}", identity.username, identity.username, named=True)
     auto = identity.auto_user if identity is not None else None
     if auto is None:
