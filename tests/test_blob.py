@@ -668,4 +668,5 @@ async def test_download_many_first_error_cancels_the_rest(fault_server: MakeServ
                                    DownloadItem(f"{hanging.url}/b", tmp_path / "b"),
                                    DownloadItem(f"{missing.url}/c", tmp_path / "c")], concurrency=3)
     assert info.value.kind == "not_found"
-    assert len(hanging.seen) == 2 and leftovers(tmp_path) == [] and list(tmp_path.iterdir()) == []
+    # Each request runs in a worker thread: a hanging download may be cancelled before it was sent.
+    assert len(hanging.seen) <= 2 and leftovers(tmp_path) == [] and list(tmp_path.iterdir()) == []
