@@ -61,6 +61,7 @@ class StorageConfig:
     backoff: float = 1.0                # base delay (s) of exponential backoff; 0 in tests
     timeout: float = 300.0
     block_threshold: int = 256 * 1024 * 1024
+    download_deadline: float = 4 * 3600.0  # all of a task's resource files (ResourceDownloadTimedOut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ _RANGES: Mapping[str, tuple[float | None, float | None]] = {
     "storage.backoff": (0, 300),
     "storage.timeout": (1, None),
     "storage.block_threshold": (1, None),
+    "storage.download_deadline": (1, None),
     "docker.stop_grace": (0, 3600),
     "docker.pull_attempts": (1, 20),
     "docker.pull_backoff": (0, 60),

@@ -11,6 +11,7 @@ mutable object of an attempt, owned by the task runner.
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +48,11 @@ class TaskContext:
     container: ContainerRequest | None = None
     progress: Any = None                       # optional transfer progress sink (CLI, rich)
     notes: dict[str, Any] = field(default_factory=dict)  # facts hooks record (bytes moved, ...)
+    # Attempt-scoped objects the hooks share (the blob transport), and their clean-up: the task
+    # runner closes ``cleanup`` when the attempt ends, whatever happened (a later prestart hook
+    # failed, the process never started, the wall clock expired).
+    shared: dict[str, Any] = field(default_factory=dict)
+    cleanup: AsyncExitStack = field(default_factory=AsyncExitStack)
 
 
 class PrestartHook(Protocol):

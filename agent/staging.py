@@ -28,7 +28,7 @@ An ``identityReference`` fails the task (UserError ``TaskFeatureNotSupported``):
 not a dependency, and is not installed here, so no token could be obtained.
 
 Overall deadline: listing and downloading a task's resource files together may take at most
-``RESOURCE_DOWNLOAD_DEADLINE`` seconds; past it the transfers are cancelled and the task fails
+``[storage] download_deadline`` seconds (4 h by default); past it the transfers are cancelled and the task fails
 with ``ResourceDownloadTimedOut`` (agent >= 1.9.6 ends endlessly-retrying downloads with that
 code). Its category is UNCONFIRMED (semantics doc §15 item 10): ServerError here, as for the
 other download time-outs (``BlobDownloadTimedOut``, ``ResourceContainerListTimedOut``).
@@ -58,12 +58,13 @@ from agent.blob import (
     download_failure,
 )
 from agent.config import StorageConfig
+from agent.lifecycle import TaskContext
 from agent.redact import redact_url
 from agent.runner import TaskUser
 from agent.spec import ResourceFile
 from agent.status import FailureInfo, NameValue
 
-RESOURCE_DOWNLOAD_DEADLINE = 4 * 3600.0
+RESOURCE_DOWNLOAD_DEADLINE = StorageConfig().download_deadline
 """Seconds all of one task's resource files may take (listing included) before the task fails
 with ``ResourceDownloadTimedOut``. A constant because ``agent.config`` has no key for it yet; the
 per-read ``[storage] timeout`` and the retries bound each request, this bounds the whole phase
@@ -120,34 +121,15 @@ def transport_config(storage: StorageConfig) -> TransportConfig:
                            retry=RetryPolicy(attempts=max(1, storage.retries), base_delay=storage.backoff))
 
 
-_TASK_TRANSPORTS: dict[tuple[str, str, int], BlobTransport] = {}
-
-
-def task_transport(key: tuple[str, str, int], storage: StorageConfig) -> BlobTransport:
-    """The one transport of a task attempt ``(job id, task id, attempt)``, shared by the resource
-    files hook and the output files hook (one connection pool; the TLS context is per process).
-
-    Made on first use; whoever uses it last closes it with ``release_task_transport``. Opening
-    one for a new attempt closes any left over from an earlier attempt of the same task (an
-    attempt whose exited hooks never ran, e.g. a later prestart hook failed).
-    """
-    found = _TASK_TRANSPORTS.get(key)
+def attempt_transport(ctx: TaskContext) -> BlobTransport:
+    """The one transport of a task attempt, shared by the resource files hook and the output
+    files hook (one connection pool; the TLS context is per process). Made on first use and
+    closed with the attempt (``ctx.cleanup``, which the task runner always closes)."""
+    found: BlobTransport | None = ctx.shared.get("blob_transport")
     if found is None:
-        for old in [k for k in _TASK_TRANSPORTS if k[:2] == key[:2]]:
-            _LEFT_OVER.append(_TASK_TRANSPORTS.pop(old))
-        found = _TASK_TRANSPORTS[key] = BlobTransport(transport_config(storage))
+        found = ctx.shared["blob_transport"] = BlobTransport(transport_config(ctx.config.storage))
+        ctx.cleanup.push_async_callback(found.aclose)
     return found
-
-
-_LEFT_OVER: list[BlobTransport] = []
-
-
-async def release_task_transport(key: tuple[str, str, int]) -> None:
-    """Close the attempt's transport (and any left over from earlier attempts). Idempotent."""
-    closing = [t for t in (_TASK_TRANSPORTS.pop(key, None),) if t is not None] + _LEFT_OVER
-    _LEFT_OVER.clear()
-    for transport in closing:
-        await transport.aclose()
 
 
 def _with_detail(failure: FailureInfo, **extra: str) -> FailureInfo:

@@ -196,7 +196,12 @@ class TaskRunner:
             self.config.tasks.wall_clock_failure_code,
             "The task ran longer than its maxWallClockTime and was terminated",
             Message=f"maxWallClockTime {limits.wall_clock} expired")
+        async with ctx.cleanup:
+            return await self._run_attempt(ctx, deadline, stop, log, wall_clock_failure)
 
+    async def _run_attempt(self, ctx: TaskContext, deadline: float | None, stop: asyncio.Event, log: Any,
+                           wall_clock_failure: FailureInfo) -> tuple[ExitResult | None, FailureInfo | None]:
+        job_id, task_id, attempt, dirs, user = ctx.job_id, ctx.task_id, ctx.attempt, ctx.dirs, ctx.user
         try:
             async with asyncio.timeout_at(_loop_deadline(deadline)):
                 for hook in self.prestart:

@@ -72,6 +72,7 @@ retries = 0
 backoff = 0
 timeout = "PT30S"
 block_threshold = 1024
+download_deadline = "PT10M"
 
 [docker]
 stop_grace = "PT1M"
@@ -88,6 +89,7 @@ pull_backoff = 0
     assert cfg.storage.backoff == 0.0 and isinstance(cfg.storage.backoff, float)
     assert cfg.storage.timeout == 30.0 and cfg.storage.retries == 0 and cfg.storage.block_threshold == 1024
     assert cfg.docker.stop_grace == 60.0 and cfg.docker.network == "none"
+    assert cfg.storage.download_deadline == 600.0
     assert cfg.docker.pull_attempts == 2 and cfg.docker.pull_backoff == 0.0
 
 

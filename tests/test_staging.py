@@ -22,20 +22,25 @@ from typing import Any
 import pytest
 
 from agent.blob import BlobError, BlobTransport, blob_url
-from agent.config import StorageConfig
+from agent.cli import node_identity
+from agent.config import AgentConfig, NodeConfig, StorageConfig, TaskConfig
+from agent.hooks.outputs import OutputFilesHook
+from agent.hooks.resources import ResourceFilesHook
+from agent.hooks.taskdir import TaskDirHook
+from agent.lifecycle import TaskContext
+from agent.process import ProcessRunner
 from agent.runner import TaskUser
-from agent.spec import ResourceFile
+from agent.spec import ResourceFile, TaskSpec
 from agent.staging import (
     StagingResult,
     auto_storage_container,
     dir_mode,
     name_problem,
-    release_task_transport,
     stage_resource_files,
-    task_transport,
     transport_config,
 )
 from agent.status import ErrorCategory, FailureInfo
+from agent.taskrunner import TaskRunner
 
 pytestmark = pytest.mark.timeout(60)
 FAST = StorageConfig(retries=2, backoff=0.0, timeout=5.0, concurrency=4)
@@ -527,20 +532,72 @@ async def test_a_server_that_never_answers_fails_at_the_deadline(wd: Path) -> No
     assert tree(wd) == {}
 
 
+async def test_the_task_runner_applies_the_configured_deadline(node_root: Path) -> None:
+    """[storage] download_deadline reaches the hook: the task fails ResourceDownloadTimedOut, never runs."""
+    config = AgentConfig(node=NodeConfig(root=node_root), tasks=TaskConfig(create_users=False, use_cgroups=False),
+                         storage=StorageConfig(retries=1000, backoff=0.0, timeout=30.0, download_deadline=1.0))
+    runners = {"process": ProcessRunner(use_cgroups=False)}
+    runner = TaskRunner(config=config, node=node_identity(config), runners=runners,
+                        prestart=[TaskDirHook(), ResourceFilesHook()], exited=[], resolve_user=lambda *_: ME)
+    async with trickle_server() as url:
+        spec = TaskSpec.model_validate({"id": "slow", "commandLine": "touch ran",
+                                        "resourceFiles": [{"httpUrl": f"{url}/big", "filePath": "big"}]})
+        outcome = await runner.run(spec, job_id="job")
+    info = outcome.status.execution_info
+    assert info.exit_code is None and info.failure_info is not None
+    assert info.failure_info.code == "ResourceDownloadTimedOut" and "1 seconds" in details(info.failure_info)["Message"]
+    assert not (node_root / "workitems/job/job-1/slow/wd/ran").exists()
+
+
 # --- one transport per task attempt, shared with the output files hook ----------------------------
 
+class _Spy:
+    """A prestart hook after the resource files hook: keeps the attempt's context, may fail."""
+
+    name = "spy"
+    handles: frozenset[str] = frozenset()
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.contexts: list[TaskContext] = []
+
+    async def prestart(self, ctx: TaskContext) -> FailureInfo | None:
+        self.contexts.append(ctx)
+        return FailureInfo.user("PlantedFailure", "a later prestart hook failed") if self.fail else None
+
+
 @pytest.mark.azurite
-async def test_one_transport_per_attempt_shared_then_closed(azurite: Any, wd: Path) -> None:
+@pytest.mark.parametrize(("fail", "command", "attempts"), [(False, "cat a.txt", 1), (False, "false", 2),
+                                                          (True, "cat a.txt", 1)],
+                         ids=["ran", "retried", "later-hook-failed"])
+async def test_one_transport_per_attempt_shared_then_closed(azurite: Any, node_root: Path, fail: bool, command: str,
+                                                            attempts: int) -> None:
+    """Resource and output files share the attempt's transport; it is closed when the attempt ends,
+    also when a later prestart hook fails and neither the process nor the exited hooks run."""
     name, sas = azurite.container(permission="rl")
     azurite.upload(name, "a.txt", b"a")
-    first = task_transport(("job", "t1", 0), FAST)
-    assert task_transport(("job", "t1", 0), FAST) is first          # the output files hook's view
-    assert isinstance(await stage_resource_files([rf(storageContainerUrl=sas)], wd, user=ME, transport=first,
-                                                 storage=FAST), StagingResult)
-    retry = task_transport(("job", "t1", 1), FAST)                  # a new attempt: a new transport
-    assert retry is not first
-    await release_task_transport(("job", "t1", 1))                  # closes the earlier one too
-    for closed in (first, retry):
+    out_name, out_sas = azurite.container(permission="racwl")
+    config = AgentConfig(node=NodeConfig(root=node_root), storage=FAST,
+                         tasks=TaskConfig(create_users=False, use_cgroups=False))
+    spy = _Spy(fail)
+    runners = {"process": ProcessRunner(use_cgroups=False)}
+    runner = TaskRunner(config=config, node=node_identity(config), runners=runners,
+                        prestart=[TaskDirHook(), ResourceFilesHook(), spy], exited=[OutputFilesHook()],
+                        resolve_user=lambda *_: ME)
+    spec = TaskSpec.model_validate({
+        "id": "shared", "commandLine": command, "resourceFiles": [{"storageContainerUrl": sas}],
+        "outputFiles": [{"filePattern": "a.txt", "destination": {"container": {"containerUrl": out_sas}},
+                         "uploadOptions": {"uploadCondition": "taskCompletion"}}],
+        "constraints": {"maxTaskRetryCount": 1}})
+    outcome = await runner.run(spec, job_id="job")
+    assert [c.attempt for c in spy.contexts] == list(range(attempts))
+    transports = [c.shared["blob_transport"] for c in spy.contexts]
+    assert len({id(t) for t in transports}) == attempts                 # one per attempt
+    for closed in transports:
         with pytest.raises(BlobError, match="closed"):
             await closed.list_blobs(sas)
-    await release_task_transport(("job", "t1", 1))                  # idempotent
+    info = outcome.status.execution_info
+    if fail:    # a pre-processing error is not retried
+        assert info.failure_info is not None and info.failure_info.code == "PlantedFailure"
+    else:       # the same transport uploaded, after every attempt
+        assert info.exit_code == (0 if attempts == 1 else 1) and azurite.list(out_name) == ["a.txt"]

@@ -4,8 +4,8 @@ The upload code lives in ``agent.upload``; this hook only wires a finished attem
 without ``outputFiles`` is a no-op: nothing imported, no upload logs written. The task stays
 ``running`` while this runs (the task runner completes it afterwards); a failure comes back as a
 ``FileUpload*`` value, which the task runner maps to the ``fileUploadError`` exit option. It uses
-the attempt's transport (``agent.staging.task_transport``), the one the resource files hook
-downloaded with when there was one, and closes it.
+the attempt's transport (``agent.staging.attempt_transport``), the one the resource files hook
+downloaded with when there was one; the attempt's clean-up closes it.
 """
 
 from __future__ import annotations
@@ -23,18 +23,12 @@ class OutputFilesHook:
         outputs = getattr(ctx.spec, "output_files", None) or []
         if not outputs:
             return None
-        from agent.staging import release_task_transport, task_transport
+        from agent.staging import attempt_transport
         from agent.upload import upload_outputs
 
-        storage = ctx.config.storage
-        key = (ctx.job_id, ctx.task_id, ctx.attempt)
-        try:
-            done = await upload_outputs(outputs, exit_code=result.exit_code, wd=ctx.dirs.wd,
-                                        task_dir=ctx.dirs.task_dir, env=ctx.env, user=ctx.user,
-                                        transport=task_transport(key, storage),
-                                        concurrency=storage.concurrency, progress=ctx.progress)
-        finally:
-            await release_task_transport(key)
+        done = await upload_outputs(outputs, exit_code=result.exit_code, wd=ctx.dirs.wd, task_dir=ctx.dirs.task_dir,
+                                    env=ctx.env, user=ctx.user, transport=attempt_transport(ctx),
+                                    concurrency=ctx.config.storage.concurrency, progress=ctx.progress)
         if isinstance(done, FailureInfo):
             ctx.log.info("output files failed", code=done.code)
             return done

@@ -2,10 +2,9 @@
 
 The transfer code lives in ``agent.staging``; this hook only wires a task attempt to it. It
 imports ``agent.staging`` (and through it httpx) when a task has resource files, so tasks without
-storage import nothing heavy. The attempt's transport (``agent.staging.task_transport``) is
-built from ``[storage]``; it stays open for the output files hook when the task has
-``outputFiles`` and the downloads succeeded, else it is closed here. A failure comes back as a
-value: the command does not run.
+storage import nothing heavy. The attempt's transport (``agent.staging.attempt_transport``) is
+built from ``[storage]`` and shared with the output files hook; the attempt's clean-up closes
+it. A failure comes back as a value: the command does not run.
 """
 
 from __future__ import annotations
@@ -27,18 +26,11 @@ class ResourceFilesHook:
         files = ctx.spec.resource_files or []
         if not files:
             return None
-        from agent.staging import release_task_transport, stage_resource_files, task_transport
+        from agent.staging import attempt_transport, stage_resource_files
 
-        key = (ctx.job_id, ctx.task_id, ctx.attempt)
-        keep = False
-        try:
-            result = await stage_resource_files(files, ctx.dirs.wd, user=ctx.user,
-                                                transport=task_transport(key, ctx.config.storage),
-                                                storage=ctx.config.storage, progress=ctx.progress)
-            keep = not isinstance(result, FailureInfo) and bool(getattr(ctx.spec, "output_files", None))
-        finally:
-            if not keep:
-                await release_task_transport(key)
+        result = await stage_resource_files(files, ctx.dirs.wd, user=ctx.user, transport=attempt_transport(ctx),
+                                            storage=ctx.config.storage, progress=ctx.progress,
+                                            deadline=ctx.config.storage.download_deadline)
         if isinstance(result, FailureInfo):
             ctx.log.info("resource files failed", code=result.code)
             return result

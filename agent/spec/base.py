@@ -36,8 +36,8 @@ class BatchModel(BaseModel):
     """
 
     model_config = ConfigDict(
-        alias_generator=to_camel, validate_by_name=False, validate_by_alias=True, frozen=True, extra="forbid", strict=True,
-        str_strip_whitespace=False, hide_input_in_errors=True, defer_build=True,
+        alias_generator=to_camel, validate_by_name=False, validate_by_alias=True, frozen=True, extra="forbid",
+        strict=True, str_strip_whitespace=False, hide_input_in_errors=True, defer_build=True,
     )
     # Keys that may appear but mean nothing here (read-only fields of a GET dump, ...).
     ignored_fields: ClassVar[frozenset[str]] = frozenset()
