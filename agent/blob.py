@@ -625,11 +625,13 @@ class BlobTransport:
                 return items
 
     async def download(self, url: str, dest: Path, *, mode: int | None = None,
-                       credential: SharedKey | None = None) -> DownloadResult:
+                       credential: SharedKey | None = None,
+                       on_bytes: Callable[[int], None] | None = None) -> DownloadResult:
         """Stream ``url`` (any HTTP(S) URL) into ``dest`` atomically; verify Content-MD5 if given.
 
         Bytes are stored exactly as served (``Accept-Encoding: identity``, no decompression).
-        Missing parent directories are created.
+        Missing parent directories are created. ``on_bytes`` (progress) is called from a worker
+        thread with each batch written, and with minus an attempt's count when it is retried.
         """
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -641,24 +643,33 @@ class BlobTransport:
             raise _local_error("download", url, exc) from exc
         if self._closed:
             os.close(dir_fd)
-        return await self._call(partial(self._download_sync, url, dir_fd, dest.name, mode, credential))
+        return await self._call(partial(self._download_sync, url, dir_fd, dest.name, mode, credential, on_bytes))
 
     def _download_sync(self, url: str, dir_fd: int, name: str, mode: int | None, credential: SharedKey | None,
-                       stop: _Call) -> DownloadResult:
+                       on_bytes: Callable[[int], None] | None, stop: _Call) -> DownloadResult:
         """Download into ``name`` in ``dir_fd`` (closed at the end) through a temp file."""
         auth = _SharedKeyAuth(credential) if credential else None
 
         def attempt() -> DownloadResult:
             tmp = f".{name}.part-{secrets.token_hex(6)}"
+            counted = [0]
+
+            def count(n: int) -> None:
+                counted[0] += n
+                if on_bytes is not None:
+                    on_bytes(n)
             try:
-                result = self._download_once(url, dir_fd, tmp, auth, stop)
+                result = self._download_once(url, dir_fd, tmp, auth, stop, count)
                 if mode is not None:
                     os.chmod(tmp, mode, dir_fd=dir_fd)
                 os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                counted[0] = 0
                 return result
             except OSError as exc:
                 raise _local_error("download", url, exc) from exc
             finally:
+                if counted[0] and on_bytes is not None:    # this attempt's bytes are thrown away
+                    on_bytes(-counted[0])
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=dir_fd)
                 stop.writing = False
@@ -669,7 +680,7 @@ class BlobTransport:
             os.close(dir_fd)
 
     def _download_once(self, url: str, dir_fd: int, tmp: str, auth: httpx.Auth | None,
-                       stop: _Call) -> DownloadResult:
+                       stop: _Call, count: Callable[[int], None]) -> DownloadResult:
         try:
             with self._client.stream("GET", url, headers={"Accept-Encoding": "identity"}, auth=auth,
                                      follow_redirects=True) as resp:
@@ -686,7 +697,7 @@ class BlobTransport:
                 stream = resp.extensions.get("network_stream")
                 stop.attach(stream.get_extra_info("socket") if stream is not None else None)
                 try:
-                    size = self._write_body(resp, dir_fd, tmp, md5, stop)
+                    size = self._write_body(resp, dir_fd, tmp, md5, stop, count)
                 finally:
                     stop.detach()
         except httpx.HTTPError as exc:
@@ -697,7 +708,8 @@ class BlobTransport:
         return DownloadResult(size, md5 is not None)
 
     @staticmethod
-    def _write_body(resp: httpx.Response, dir_fd: int, tmp: str, md5: Any, stop: _Call) -> int:
+    def _write_body(resp: httpx.Response, dir_fd: int, tmp: str, md5: Any, stop: _Call,
+                    count: Callable[[int], None]) -> int:
         """Write the body to a new ``tmp`` (O_EXCL: never through a planted link) in 1 MiB batches.
 
         A body above ``_PIPELINE_MIN`` with an MD5 to check is hashed and written by a second
@@ -714,9 +726,12 @@ class BlobTransport:
                 buf += chunk
                 if len(buf) >= _WRITE_BATCH:
                     sink.put(buf)
+                    count(len(buf))
                     buf = bytearray()
             sink.put(buf)
-            return sink.finish()
+            size = sink.finish()
+            count(len(buf))
+            return size
         finally:
             sink.close()
             os.close(fd)

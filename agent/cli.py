@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -225,6 +226,18 @@ def build_runner(config: AgentConfig, specs: Sequence[TaskBase], *, progress: An
                       resolve_user=user_for, progress=progress)
 
 
+def _progress_for(specs: Sequence[TaskBase]) -> Any:
+    """A transfer bar on stderr when it is a terminal and a task moves files; else None.
+    stdout (the result, JSON or text) never carries it."""
+    if not sys.stderr.isatty() or os.environ.get("TERM") == "dumb":
+        return None
+    if not any(getattr(s, "resource_files", None) or getattr(s, "output_files", None) for s in specs):
+        return None
+    from agent.report import TransferProgress
+
+    return TransferProgress(sys.stderr)
+
+
 def _run(args: argparse.Namespace, config: AgentConfig) -> int:
     from agent.report import exit_status, render_run, run_json
     from agent.taskrunner import run_job_task
@@ -233,7 +246,9 @@ def _run(args: argparse.Namespace, config: AgentConfig) -> int:
     if isinstance(doc.model, JobSpec):
         raise InputError(f"{args.task} is a job; give a task file to run, with --job {args.task}")
     task = _pick(doc, args.task_id, args.task)
-    runner = build_runner(config, _all_specs(task, job))
+    specs = _all_specs(task, job)
+    progress = _progress_for(specs)
+    runner = build_runner(config, specs, progress=progress)
 
     async def go() -> Any:
         loop = asyncio.get_running_loop()
@@ -241,7 +256,8 @@ def _run(args: argparse.Namespace, config: AgentConfig) -> int:
             loop.add_signal_handler(sig, runner.terminate, job_id, task.id)
         return await run_job_task(runner, task, job_id=job_id, job=job)
 
-    outcome = asyncio.run(go())
+    with progress or contextlib.nullcontext():
+        outcome = asyncio.run(go())
     with_job = bool(args.job or args.job_id)
     _emit(run_json(outcome, with_job=with_job), render_run(outcome, config), args.output)
     return exit_status(outcome)

@@ -94,3 +94,39 @@ def render_run(outcome: JobOutcome, config: AgentConfig) -> str:
     lines.append(f"job {outcome.job_id}: {outcome.job_state}"
                  + (f" (terminateReason {outcome.terminate_reason})" if outcome.terminate_reason else ""))
     return "\n".join(lines)
+
+
+class TransferProgress:
+    """Transfer progress on a terminal: one rich bar on stderr for every byte a task moves
+    (resource files in, output files out). ``add`` grows the total as files become known,
+    ``advance`` moves the bar. rich serialises updates, so transfer threads may call both.
+    Use as a context manager around the run; the bar disappears when it ends."""
+
+    def __init__(self, stream: Any) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(TextColumn("transfers"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                             TimeRemainingColumn(), console=Console(file=stream), transient=True)
+        self._id = self._bar.add_task("transfers", total=0)
+
+    def __enter__(self) -> TransferProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def add(self, total_bytes: int) -> None:
+        total = self._bar.tasks[0].total or 0
+        self._bar.update(self._id, total=total + total_bytes)
+
+    def advance(self, n: int) -> None:
+        self._bar.advance(self._id, n)

@@ -298,8 +298,9 @@ def _open_parent(dest_dir: Path, parts: Sequence[str], mode: int, owner: tuple[i
 
 
 async def fetch(item: Download, dest_dir: Path, transport: BlobTransport,
-                owner: tuple[int, int] | None) -> int | FailureInfo:
-    """Download one file into ``dest_dir`` (see the module docstring); bytes written or a failure."""
+                owner: tuple[int, int] | None, on_bytes: Callable[[int], None] | None = None) -> int | FailureInfo:
+    """Download one file into ``dest_dir`` (see the module docstring); bytes written or a failure.
+    ``on_bytes``: progress, called with each batch written (from a transfer thread)."""
     url = redact_url(item.url)
     try:
         fd = _open_parent(dest_dir, item.parts, dir_mode(item.mode), owner)
@@ -314,7 +315,7 @@ async def fetch(item: Download, dest_dir: Path, transport: BlobTransport,
     try:
         leaf = item.parts[-1]
         result = await transport.download(item.url, _PROC_FD / str(fd) / leaf, mode=item.mode,
-                                          credential=item.credential)
+                                          credential=item.credential, on_bytes=on_bytes)
         if owner:
             os.chown(leaf, *owner, dir_fd=fd, follow_symlinks=False)
         return result.size
@@ -388,14 +389,12 @@ async def _stage(files: Sequence[ResourceFile], dest_dir: Path, user: TaskUser, 
 
     def job(item: Download) -> Callable[[], Awaitable[FailureInfo | None]]:
         async def go() -> FailureInfo | None:
-            got = await fetch(item, dest_dir, transport, owner)
+            got = await fetch(item, dest_dir, transport, owner, progress.advance if progress else None)
             if isinstance(got, FailureInfo):
                 return got
             moved[0] += got
-            if progress is not None:
-                if item.size is None:
-                    progress.add(got)
-                progress.advance(got)
+            if progress is not None and item.size is None:    # an httpUrl: its size is known now
+                progress.add(got)
             return None
         return go
 

@@ -292,6 +292,58 @@ async def test_progress_adds_and_advances_every_byte(azurite: Any, wd: Path) -> 
     assert progress.total == progress.done == result.bytes == 16_000
 
 
+class Steps:
+    """A progress sink that keeps every call (transfer threads call it)."""
+
+    def __init__(self) -> None:
+        self.adds: list[int] = []
+        self.steps: list[int] = []
+
+    def add(self, total_bytes: int) -> None:
+        self.adds.append(total_bytes)
+
+    def advance(self, n: int) -> None:
+        self.steps.append(n)
+
+
+@pytest.mark.azurite
+async def test_progress_moves_while_a_large_file_downloads(azurite: Any, wd: Path) -> None:
+    name, sas = azurite.container(permission="rl")
+    azurite.upload(name, "big.bin", os.urandom(5 * 1024 * 1024 + 3))
+    progress = Steps()
+    result = await stage([rf(storageContainerUrl=sas)], wd, progress=progress)
+    assert isinstance(result, StagingResult)
+    assert sum(progress.adds) == sum(progress.steps) == 5 * 1024 * 1024 + 3
+    assert len(progress.steps) >= 5 and all(n > 0 for n in progress.steps)   # batches, not one jump at the end
+
+
+async def test_progress_takes_back_the_bytes_of_a_failed_try(wd: Path) -> None:
+    """A body cut short is retried: the bytes of the failed try are taken back, so the bar ends exact."""
+    body = os.urandom(3 * 1024 * 1024)
+    tries = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        tries[0] += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        writer.write(body[: 2 * 1024 * 1024 + 5] if tries[0] == 1 else body)   # the first try is cut
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/f"
+    progress = Steps()
+    try:
+        result = await stage([rf(httpUrl=url, filePath="f")], wd, progress=progress)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(result, StagingResult) and tries[0] == 2
+    assert (wd / "f").read_bytes() == body
+    assert any(n < 0 for n in progress.steps)                    # the cut try was taken back
+    assert sum(progress.steps) == sum(progress.adds) == len(body)
+
+
 async def test_concurrency_is_bounded_by_config(gate_server: Any, wd: Path) -> None:
     gate = await gate_server(group=3, total=12)
     files = [rf(httpUrl=f"{gate.url}/f{i}", filePath=f"f{i}") for i in range(12)]

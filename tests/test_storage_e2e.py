@@ -194,3 +194,48 @@ def test_a_sas_signature_appears_nowhere(agent: Any, azurite: Any, tmp_path: Pat
     for text in scanned:
         for secret in secrets:
             assert secret not in text
+
+
+@pytest.mark.azurite
+@pytest.mark.parametrize("output", ["json", "text"])
+def test_run_shows_transfer_progress_on_a_terminal_only(node_root: Path, tmp_path: Path, azurite: Any,
+                                                       output: str) -> None:
+    """stderr a terminal: a rich bar for the transfers; stdout (the result) stays clean either way."""
+    import pty
+
+    name, sas = azurite.container(permission="rl")
+    azurite.upload(name, "big.bin", os.urandom(4 * 1024 * 1024))
+    task = tmp_path / "tty.json"
+    task.write_text(json.dumps({"id": "tty", "commandLine": "true", "resourceFiles": [{"storageContainerUrl": sas}]}))
+    parent, child = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", str(task), "--root", str(node_root),
+                             "--output", output], stdout=subprocess.PIPE, stderr=child, cwd=REPO, env=env)
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(parent, 65536)
+        except OSError:                     # EIO: the agent closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(parent)
+    stdout, _ = proc.communicate(timeout=100)
+    assert proc.returncode == 0, seen
+    terminal = seen.decode(errors="replace")
+    assert "transfers" in terminal and "Traceback" not in terminal
+    assert b"\x1b" not in stdout and b"transfers" not in stdout
+    if output == "json":
+        assert json.loads(stdout)["task"]["executionInfo"]["exitCode"] == 0
+    assert sas.split("sig=")[1][:10] not in terminal
+
+
+@pytest.mark.azurite
+def test_no_progress_when_stderr_is_not_a_terminal(agent: Any, azurite: Any) -> None:
+    name, sas = azurite.container(permission="rl")
+    azurite.upload(name, "a.bin", b"a" * 100_000)
+    rc, data, output = agent.run({"id": "pipe", "commandLine": "true", "resourceFiles": [{"storageContainerUrl": sas}]})
+    assert rc == 0 and data["task"]["executionInfo"]["exitCode"] == 0
+    assert "transfers" not in output and "\x1b" not in output
