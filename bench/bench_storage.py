@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import pwd
 import shlex
@@ -47,7 +48,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
-from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas  # noqa: E402
+from azure.storage.blob import (  # noqa: E402
+    BlobServiceClient,
+    ContainerSasPermissions,
+    ContentSettings,
+    generate_container_sas,
+)
 
 from agent.blob import BlobTransport, blob_url  # noqa: E402
 from agent.config import StorageConfig  # noqa: E402
@@ -232,6 +238,10 @@ def report(bench: Bench, args: argparse.Namespace) -> None:
             os.chown(p, user.uid, user.gid or -1)
     name, sas = bench.container()
     bench.svc.get_blob_client(name, "big.bin").upload_blob(big.read_bytes(), overwrite=True)
+    # the same bytes with a stored Content-MD5, which the agent verifies (raw httpx does not)
+    digest = hashlib.md5(big.read_bytes(), usedforsecurity=False).digest()
+    bench.svc.get_blob_client(name, "big-md5.bin").upload_blob(
+        big.read_bytes(), overwrite=True, content_settings=ContentSettings(content_md5=bytearray(digest)))
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda p: bench.svc.get_blob_client(name, f"small/{p.name}").upload_blob(
             p.read_bytes(), overwrite=True), sorted(small_dir.iterdir())))
@@ -246,6 +256,9 @@ def report(bench: Bench, args: argparse.Namespace) -> None:
     down_big = run_rounds({
         "agent (stage_resource_files, httpUrl)": lambda: bench.agent_download(
             [ResourceFile.model_validate({"httpUrl": big_url, "filePath": "big.bin"})],
+            bench.fresh_dir("agdl")),
+        "agent, stored Content-MD5 (verified)": lambda: bench.agent_download(
+            [ResourceFile.model_validate({"httpUrl": blob_url(sas, "big-md5.bin"), "filePath": "big.bin"})],
             bench.fresh_dir("agdl")),
         "raw httpx (streamed GET)": lambda: httpx_get(client, big_url, bench.fresh_dir("hxdl") / "big.bin"),
         "SDK defaults (download_blob().readinto)": sdk_get_big,
