@@ -18,13 +18,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.config import AgentConfig, load_config
-from agent.environment import NodeIdentity
 from agent.errors import AgentError, InputError, SpecError
-from agent.spec import Document, JobSpec, TaskBase, TaskSpec, check_task_in_job, load_document
+
+if TYPE_CHECKING:  # the models load after the arguments parse: --help and --version stay instant
+    from agent.config import AgentConfig
+    from agent.environment import NodeIdentity
+    from agent.spec import Document, JobSpec, TaskBase, TaskSpec
 
 EXIT_INVALID = 2
 EXIT_NOT_RUN = 125
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args)
         from agent import logs
+        from agent.config import load_config
         logs.configure(json=not sys.stderr.isatty() and bool(os.environ.get("INVOCATION_ID")),
                        level=args.log_level)
         config = load_config(args.config, root=args.root)
@@ -99,6 +102,8 @@ def _emit(data: Any, text: str, output: str) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from agent.spec import JobSpec, load_document
+
     doc = load_document(args.file)
     tasks = doc.tasks
     summary: dict[str, Any] = {"valid": True, "kind": doc.kind, "tasks": [t.id for t in tasks]}
@@ -110,6 +115,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace, config: AgentConfig) -> tuple[Document, JobSpec | None, str]:
+    from agent.spec import JobSpec, check_task_in_job, load_document
+
     doc = load_document(args.task)
     job = load_document(args.job, kind="job").model if args.job else None
     assert job is None or isinstance(job, JobSpec)
@@ -142,6 +149,8 @@ def _pick(doc: Document, task_id: str | None, source: Path) -> TaskSpec:
 
 
 def node_identity(config: AgentConfig) -> NodeIdentity:
+    from agent.environment import NodeIdentity
+
     n = config.node
     return NodeIdentity(n.account_name, n.account_url, n.pool_id, n.node_id, n.is_dedicated, n.system_path,
                         n.reserved_disk_bytes, n.os_reserved_disk_bytes)
@@ -169,6 +178,7 @@ def supported_fields() -> frozenset[str]:
 
 def _plan(args: argparse.Namespace, config: AgentConfig) -> int:
     from agent.plan import PlanContext, plan_job, plan_task, render_text
+    from agent.spec import JobSpec
 
     doc, job, job_id = _load(args, config)
     ctx = PlanContext(config, node_identity(config), job_id, job if job else
@@ -240,6 +250,7 @@ def _progress_for(specs: Sequence[TaskBase]) -> Any:
 
 def _run(args: argparse.Namespace, config: AgentConfig) -> int:
     from agent.report import exit_status, render_run, run_json
+    from agent.spec import JobSpec
     from agent.taskrunner import run_job_task
 
     doc, job, job_id = _load(args, config)

@@ -182,39 +182,43 @@ def _login(client: Any, auth: RegistryAuth, image: str) -> str | FailureInfo | N
     """The engine checks the credentials with the registry (``POST /auth``) and keeps nothing.
     docker-py's ``login`` is not used: it would keep them in the shared client (see above);
     ``_post_json``, ``_url`` and ``_raise_for_status`` are the private helpers it is built on."""
-    from docker.errors import APIError, DockerException
 
-    try:
-        response = client.api._post_json(client.api._url("/auth"), data=auth.auth_config())
-        client.api._raise_for_status(response)
-    except APIError as exc:
-        return str(exc.explanation or exc)
-    except DockerException as exc:
-        return str(exc)
-    except Exception as exc:  # requests / socket errors talking to the engine
-        return _engine_failure(exc, image, auth)
-    return None
+    def call() -> str | None:
+        client.api._raise_for_status(client.api._post_json(client.api._url("/auth"), data=auth.auth_config()))
+        return None
+
+    return _engine_call(call, image, auth)
 
 
 def _pull(client: Any, image: str, auth: RegistryAuth | None, log: Any) -> str | FailureInfo | None:
-    from docker.errors import APIError, DockerException
-
     repository, tag = split_image(image)
     kwargs: dict[str, Any] = {"auth_config": auth.auth_config()} if auth else {}
-    try:
+
+    def call() -> str | None:
         for event in client.api.pull(repository, tag=tag, stream=True, decode=True, **kwargs):
             if isinstance(event, dict) and event.get("error"):
                 return str(event["error"])
             if log is not None and isinstance(event, dict) and event.get("status"):
                 log.debug("image pull", image=image, status=event["status"], layer=event.get("id"))
         client.api.inspect_image(image)
+        return None
+
+    return _engine_call(call, image, auth)
+
+
+def _engine_call(call: Callable[[], str | None], image: str, auth: RegistryAuth | None) -> str | FailureInfo | None:
+    """Run ``call`` against the engine: None when it worked, the engine's (or registry's) message
+    when it refused, a ``FailureInfo`` when the engine itself could not be talked to."""
+    from docker.errors import APIError, DockerException
+
+    try:
+        return call()
     except APIError as exc:
         return str(exc.explanation or exc)
     except DockerException as exc:
         return str(exc)
-    except Exception as exc:  # requests / socket errors of the pull stream
+    except Exception as exc:  # requests / socket errors talking to the engine or of the pull stream
         return _engine_failure(exc, image, auth)
-    return None
 
 
 def _engine_failure(exc: Exception, image: str, auth: RegistryAuth | None) -> FailureInfo:
