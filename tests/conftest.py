@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from infra import Azurite, Infra, InfraError, Registry, ensure_infra
+
+# Hypothesis: CI (CI=true) replays the same examples every run, so a landing is judged on the code
+# and not on a draw; a developer's run explores new inputs (and keeps failures in .hypothesis/).
+# HYPOTHESIS_PROFILE=explore in CI, or =ci locally, switches.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "explore"))
 
 NODE_ROOT_BASE = Path(os.environ.get("BATCH_AGENT_TEST_ROOT", "/tmp/batch-agent-tests"))
 
