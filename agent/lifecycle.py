@@ -28,6 +28,16 @@ JOB_PREPARATION = "jobpreparation"
 JOB_RELEASE = "jobrelease"
 
 
+class Progress(Protocol):
+    """Where transfer progress goes (the CLI passes a rich bar, ``agent.report.TransferProgress``).
+    ``add`` grows the total as files become known; ``advance`` may be called from transfer
+    threads, and with a negative count when a failed try's bytes are taken back."""
+
+    def add(self, total_bytes: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
 @dataclass(slots=True)
 class TaskContext:
     """Everything one attempt of one task needs. Built by the task runner per attempt."""
@@ -46,7 +56,7 @@ class TaskContext:
     config: AgentConfig
     log: Any                                   # a structlog BoundLogger with job/task/attempt bound
     container: ContainerRequest | None = None
-    progress: Any = None                       # optional transfer progress sink (CLI, rich)
+    progress: Progress | None = None           # transfer progress sink (the CLI's rich bar)
     notes: dict[str, Any] = field(default_factory=dict)  # facts hooks record (bytes moved, ...)
     # Attempt-scoped objects the hooks share (the blob transport), and their clean-up: the task
     # runner closes ``cleanup`` when the attempt ends, whatever happened (a later prestart hook

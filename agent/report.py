@@ -116,6 +116,7 @@ class TransferProgress:
         self._bar = Progress(TextColumn("transfers"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                              TimeRemainingColumn(), console=Console(file=stream), transient=True)
         self._id = self._bar.add_task("transfers", total=0)
+        self._total = 0
 
     def __enter__(self) -> TransferProgress:
         self._bar.start()
@@ -124,9 +125,9 @@ class TransferProgress:
     def __exit__(self, *exc: object) -> None:
         self._bar.stop()
 
-    def add(self, total_bytes: int) -> None:
-        total = self._bar.tasks[0].total or 0
-        self._bar.update(self._id, total=total + total_bytes)
+    def add(self, total_bytes: int) -> None:  # called on the event loop only
+        self._total += total_bytes
+        self._bar.update(self._id, total=self._total)
 
     def advance(self, n: int) -> None:
         self._bar.advance(self._id, n)

@@ -45,7 +45,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlsplit
 
 from agent.blob import (
@@ -58,7 +57,7 @@ from agent.blob import (
     download_failure,
 )
 from agent.config import StorageConfig
-from agent.lifecycle import TaskContext
+from agent.lifecycle import Progress, TaskContext
 from agent.redact import redact_url
 from agent.runner import TaskUser
 from agent.spec import ResourceFile
@@ -72,14 +71,6 @@ per-read ``[storage] timeout`` and the retries bound each request, this bounds t
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PROC_FD = Path("/proc/self/fd")
-
-
-class Progress(Protocol):
-    """Where transfer progress goes (the CLI passes a rich progress bar)."""
-
-    def add(self, total_bytes: int) -> None: ...
-
-    def advance(self, n: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,13 +66,9 @@ def parse_time(value: str | None) -> datetime | None:
     m = _TIME.fullmatch(value.strip())
     if m is None:
         raise ValueError(f"not an ISO 8601 timestamp: {value!r}")
-    digits, zone = (m.group("frac") or ".")[1:7], m.group("zone") or ""
-    parsed = datetime.fromisoformat(m.group("head") + (f".{digits.ljust(6, '0')}" if digits else ""))
-    if zone in ("", "Z", "z"):
-        parsed = parsed.replace(tzinfo=UTC)
-    else:
-        parsed = parsed.replace(tzinfo=datetime.fromisoformat(f"2000-01-01T00:00:00{zone}").tzinfo)
-    return parsed.astimezone(UTC)
+    digits, zone = (m.group("frac") or ".")[1:7], m.group("zone") or "Z"
+    fraction = f".{digits.ljust(6, '0')}" if digits else ""
+    return datetime.fromisoformat(m.group("head") + fraction + zone.upper()).astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)

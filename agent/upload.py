@@ -53,9 +53,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
 from agent.blob import BlobError, BlobTransport, blob_headers, upload_failure
+from agent.lifecycle import Progress
 from agent.patterns import MatchedFile, ResolvedPattern, blob_name, match_files, resolve_pattern
 from agent.redact import redact_text, redact_url
 from agent.runner import TaskUser
@@ -84,12 +84,6 @@ while path := s.recv(65536):
 _ERR_CODES = {400: "InternalError", 500: "InternalError", 503: "InternalError",
               401: "AuthenticationFailed", 403: "AuthenticationFailed", 404: "ContainerNotFound",
               409: "Conflict", 412: "PreconditionFailed"}
-
-
-class Progress(Protocol):
-    def add(self, total_bytes: int) -> None: ...
-
-    def advance(self, n: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

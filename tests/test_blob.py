@@ -13,7 +13,6 @@ import random
 import re
 import socket
 import struct
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import structlog
 from azure.storage.blob import BlobServiceClient, ContentSettings
+from netfaults import tiny_tmpfs
 
 from agent.blob import (
     BlobError,
@@ -375,15 +375,7 @@ async def test_local_write_failure(azurite: Any, transport: BlobTransport, tmp_p
 @pytest.mark.root
 @pytest.mark.azurite
 async def test_disk_full(azurite: Any, transport: BlobTransport, tmp_path: Path) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
-    if os.geteuid() != 0:
-        pytest.fail("test_disk_full must run as root (CI does): it mounts a 256 KiB tmpfs to fill")
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs for the full-disk test: {mount.stderr.strip()}")
-    try:
+    with tiny_tmpfs(tmp_path / "small", "256k") as small:
         name, sas = azurite.container()
         azurite.upload(name, "big.bin", os.urandom(1024 * 1024))
         with pytest.raises(BlobError) as info:
@@ -392,8 +384,6 @@ async def test_disk_full(azurite: Any, transport: BlobTransport, tmp_path: Path)
         failure = download_failure(info.value, listing=False)
         assert (failure.category, failure.code) == (ErrorCategory.SERVER, "DiskFull")
         assert list(small.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 # --- Azurite: upload ------------------------------------------------------------------------------

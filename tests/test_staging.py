@@ -12,14 +12,13 @@ import contextlib
 import json
 import os
 import pwd
-import socket
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from netfaults import closed_port, sig_of, silent_listener, tiny_tmpfs
 
 from agent.blob import BlobError, BlobTransport, blob_url
 from agent.cli import node_identity
@@ -77,25 +76,6 @@ def details(failure: FailureInfo) -> dict[str, str]:
 
 def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def sig_of(sas: str) -> str:
-    return sas.split("sig=")[1].split("&")[0]
-
-
-@contextlib.contextmanager
-def silent_listener() -> Iterator[str]:
-    """A TCP listener that never accepts: connects succeed, no answer ever comes (timeouts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
-def closed_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @dataclass
@@ -495,18 +475,8 @@ async def test_files_and_new_dirs_belong_to_the_task_user(azurite: Any, wd: Path
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if not IS_ROOT:
-        pytest.fail("the full-disk test must run as root (CI does): it mounts a 64 KiB tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs for the full-disk test: {done.stderr.strip()}")
-    try:
+    with tiny_tmpfs(tmp_path / "tiny", "64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.root

@@ -6,7 +6,6 @@ runs only) can reach it, as on a node. Backoff waits are off.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
+from netfaults import sig_of, silent_listener
 
 from agent.blob import BlobTransport
 from agent.config import StorageConfig
@@ -95,18 +95,6 @@ async def upload(outputs: list[OutputFile], task: Task, exit_code: int = 0, env:
 def failed(result: UploadResult | FailureInfo) -> FailureInfo:
     assert isinstance(result, FailureInfo), result
     return result
-
-
-def sig_of(sas: str) -> str:
-    return sas.split("sig=")[1].split("&")[0]
-
-
-@contextlib.contextmanager
-def silent_listener() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/c?sv=1&sig=SILENTSECRET"
 
 
 @pytest.mark.parametrize(("condition", "code", "expected"), [
@@ -276,7 +264,7 @@ async def test_conflict_and_precondition(azurite: Any, task: Task) -> None:
 async def test_timeout_and_unreachable(task: Task) -> None:
     task.write("f.txt", b"f")
     quick = StorageConfig(retries=2, backoff=0.0, timeout=0.3)
-    with silent_listener() as url:
+    with silent_listener("/c?sv=1&sig=SILENTSECRET") as url:
         failure = failed(await upload([out("f.txt", url)], task, storage=quick))
     assert (failure.category, failure.code) == (ErrorCategory.SERVER, "FileUploadTimedOut")
     with socket.socket() as sock:

@@ -9,13 +9,8 @@ it. A failure comes back as a value: the command does not run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from agent.lifecycle import TaskContext
 from agent.status import FailureInfo
-
-if TYPE_CHECKING:
-    from agent.staging import Progress  # noqa: F401 - the protocol ctx.progress must satisfy
 
 
 class ResourceFilesHook:
