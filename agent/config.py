@@ -4,12 +4,21 @@ Precedence, highest first: a command-line flag (``--root``), an environment vari
 (``BATCH_AGENT_ROOT``, ``BATCH_AGENT_CONFIG``), the TOML file (``--config``, else
 ``$BATCH_AGENT_CONFIG``, else ``/etc/batch-agent/agent.toml`` when it exists), the defaults below.
 The commented default file is ``config/agent.toml``. This module only reads; it creates nothing.
+
+A file that holds a secret (``[storage]`` ``account_key``, ``sas_token``, or a ``connection_string``
+with an ``AccountKey`` or ``SharedAccessSignature``) is refused, as ssh refuses a private key,
+when group or others may read or write it, or when it belongs to neither the agent's user nor root:
+a task user (or anyone) who can read it owns the storage account. Checked on the open file (fstat),
+so the file judged is the file read. The message names the file, the keys that hold secrets (never
+their values) and the fix.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -21,6 +30,8 @@ from agent.layout import DEFAULT_ROOT
 from agent.spec.durations import DurationError, parse_duration
 
 DEFAULT_CONFIG_PATH = Path("/etc/batch-agent/agent.toml")
+_SECRET_KEYS = ("account_key", "sas_token")
+_SECRET_IN_CONNECTION = re.compile(r"(?i)(?:^|;)\s*(AccountKey|SharedAccessSignature)\s*=\s*[^;\s]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +155,15 @@ def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None =
     cfg = AgentConfig()
     if chosen is not None:
         try:
-            data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+            with chosen.open("rb") as file:
+                info = os.fstat(file.fileno())
+                data = tomllib.loads(file.read().decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {str(chosen)!r} does not exist; fix --config or "
                               "BATCH_AGENT_CONFIG") from None
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {str(chosen)!r}: {exc}") from None
+        _check_secret_file(chosen, info, data)
         cfg = _apply(cfg, data, str(chosen))
     if env.get("BATCH_AGENT_ROOT"):
         cfg = replace(cfg, node=replace(cfg.node, root=Path(env["BATCH_AGENT_ROOT"])))
@@ -158,6 +172,32 @@ def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None =
     if not cfg.node.root.is_absolute():
         cfg = replace(cfg, node=replace(cfg.node, root=cfg.node.root.absolute()))
     return cfg
+
+
+def _secrets_in(data: Mapping[str, Any]) -> list[str]:
+    storage = data.get("storage")
+    if not isinstance(storage, dict):
+        return []
+    held = [f"storage.{k}" for k in _SECRET_KEYS if isinstance(storage.get(k), str) and storage[k]]
+    connection = storage.get("connection_string")
+    if isinstance(connection, str) and (m := _SECRET_IN_CONNECTION.search(connection)):
+        held.append(f"storage.connection_string ({m.group(1)})")
+    return held
+
+
+def _check_secret_file(path: Path, info: os.stat_result, data: Mapping[str, Any]) -> None:
+    """Refuse a config holding secrets that others may read or change (see the module docstring)."""
+    held = _secrets_in(data)
+    if not held:
+        return
+    what = f"it holds a secret ({', '.join(held)})"
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"config file {str(path)!r} is owned by uid {info.st_uid}, not by the agent's user "
+                          f"(uid {os.geteuid()}) or root, and {what}; fix: chown {os.geteuid()} {path}")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"config file {str(path)!r} is readable or writable by others (mode {mode:04o}) and "
+                          f"{what}; fix: chmod 600 {path}")
 
 
 def _apply(cfg: AgentConfig, data: Mapping[str, Any], source: str) -> AgentConfig:

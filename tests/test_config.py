@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,10 @@ from agent.layout import DEFAULT_ROOT
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
+def write(tmp_path: Path, text: str, name: str = "agent.toml", mode: int = 0o600) -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
     return path
 
 
@@ -208,3 +212,66 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     cfg: Any = load_config(write(tmp_path, ""), environ={})
     with pytest.raises(AttributeError):
         cfg.node.root = Path("/x")
+
+
+KEY = "c2VjcmV0LWtleS1ub3QtdG8tYmUtc2hvd24="
+SECRETS: list[tuple[str, str, str]] = [
+    # (id, [storage] lines, what the message names)
+    ("account-key", f'account_url = "http://127.0.0.1:10000/a"\naccount_key = "{KEY}"\n', "storage.account_key"),
+    ("sas-token", f'account_url = "http://127.0.0.1:10000/a"\nsas_token = "sv=1&sig={KEY}"\n', "storage.sas_token"),
+    ("connection-string-key", f'connection_string = "AccountName=a;AccountKey={KEY};BlobEndpoint=http://x/"\n',
+     "storage.connection_string (AccountKey)"),
+    ("connection-string-sas", f'connection_string = "BlobEndpoint=http://x/;SharedAccessSignature=sv=1&sig={KEY}"\n',
+     "storage.connection_string (SharedAccessSignature)"),
+]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602, 0o620])
+@pytest.mark.parametrize(("lines", "what"), [s[1:] for s in SECRETS], ids=[s[0] for s in SECRETS])
+def test_secret_config_open_to_others_is_refused(tmp_path: Path, lines: str, what: str, mode: int) -> None:
+    path = write(tmp_path, "[storage]\n" + lines, mode=mode)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert str(path) in message and what in message and f"chmod 600 {path}" in message
+    assert f"mode {mode:04o}" in message and KEY not in message
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+@pytest.mark.parametrize("lines", [s[1] for s in SECRETS], ids=[s[0] for s in SECRETS])
+def test_private_secret_config_loads(tmp_path: Path, lines: str, mode: int) -> None:
+    assert load_config(write(tmp_path, "[storage]\n" + lines, mode=mode), environ={}).source
+
+
+@pytest.mark.parametrize("text", [
+    "[node]\npool_id = 'p'\n", "[storage]\nconnection_string = 'UseDevelopmentStorage=true'\n",
+    "[storage]\naccount_key = ''\nsas_token = ''\nconcurrency = 2\n",
+    "[storage]\naccount_url = 'https://a.blob.core.windows.net/'\n",
+], ids=["no-storage", "dev-storage", "empty-secrets", "identity-url-only"])
+def test_config_without_secrets_may_be_world_readable(tmp_path: Path, text: str) -> None:
+    assert load_config(write(tmp_path, text, mode=0o644), environ={}).source
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_secret_config_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "[storage]\n" + SECRETS[0][1])
+    os.chown(path, 65534, 65534)                 # nobody: may rewrite it (and its mode) at will
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert "owned by uid 65534" in str(info.value) and "storage.account_key" in str(info.value)
+    assert KEY not in str(info.value)
+
+
+def test_cli_refuses_a_world_readable_secret_config(tmp_path: Path) -> None:
+    config = write(tmp_path, "[storage]\n" + SECRETS[2][1], mode=0o644)
+    task = tmp_path / "t.json"
+    task.write_text('{"id": "t", "commandLine": "true"}')
+    proc = subprocess.run([sys.executable, "-m", "agent", "plan", str(task), "--config", str(config),
+                           "--root", str(tmp_path / "root")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and KEY not in proc.stdout + proc.stderr
+    assert f"chmod 600 {config}" in proc.stderr and "storage.connection_string (AccountKey)" in proc.stderr
+    config.chmod(0o600)
+    ok = subprocess.run([sys.executable, "-m", "agent", "plan", str(task), "--config", str(config),
+                         "--root", str(tmp_path / "root")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert ok.returncode == 0, ok.stderr

@@ -26,6 +26,7 @@ class Cli:
         self.root, self.tmp, self.image, self.client = root, tmp, image, client
         self.config = tmp / "agent.toml"
         self.config.write_text('[docker]\nnetwork = "none"\nstop_grace = 0\n[tasks]\nkill_grace = 0\n' + extra_config)
+        self.config.chmod(0o600)        # extra_config may hold an account key, refused unless private
 
     def __call__(self, command: str, task: dict[str, Any], *extra: str) -> tuple[int, Any, str]:
         task = {"commandLine": "true", **task}
