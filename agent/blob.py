@@ -799,20 +799,28 @@ class BlobTransport:
         return True
 
     async def container_writable(self, container_url: str, *, credential: SharedKey | None = None) -> bool:
-        """Pre-flight: Put a zero-byte probe blob, then delete it. False if the write is denied.
+        """Pre-flight: may this container take uploads (SAS ``w``)? Leaves nothing behind.
 
-        Needs write (to create) and delete permission. Without delete the probe blob
-        ``.batch-agent-probe-<uuid>`` stays behind and the container still counts as writable.
-        Other failures (container missing, timeouts) raise BlobError.
+        A Put Block List of an empty list to a fresh ``.batch-agent-probe-<uuid>`` name, on condition
+        ``If-Match: *`` (the blob must exist; it does not). The service checks the SAS before the
+        condition: authorised, the answer is 412 ConditionNotMet (or 404 BlobNotFound) and nothing
+        is written, not even an uncommitted block (a Put Block would leave one, listed under
+        ``include=uncommittedblobs`` until the service collects it after a week); denied, 403, and
+        False. Put Block List needs ``w``, as block uploads and overwrites do (``c`` alone lets a
+        single Put Blob create a new blob but not this). A server that ignored the condition and
+        made an empty blob gets it deleted. Other failures (container missing, timeouts) raise.
         """
         url = blob_url(container_url, f".batch-agent-probe-{uuid.uuid4().hex}")
+        body = b'<?xml version="1.0" encoding="utf-8"?><BlockList></BlockList>'
         try:
             await self._call(lambda stop: self._request(
-                "probe put", "PUT", url, stop, credential=credential, ok=(201,),
-                headers={"x-ms-blob-type": "BlockBlob"}, body=b""))
+                "write probe", "PUT", _with_query(url, {"comp": "blocklist"}), stop, credential=credential,
+                ok=(201,), headers={"If-Match": "*"}, body=body))
         except BlobError as err:
             if err.kind == "access_denied":
                 return False
+            if err.kind in ("precondition", "not_found"):
+                return True
             raise
         try:
             await self._call(lambda stop: self._request("probe delete", "DELETE", url, stop,

@@ -2,9 +2,17 @@
 the network, and only when asked.
 
 For every task given: each resource file's input exists (HEAD for ``httpUrl``, a listing for a
-container with its prefix), each output container accepts writes (a zero-byte probe blob, put
-and deleted), and each SAS expires after the wall clock plus an allowance for the upload.
-Results are plain dicts for the plan output; URLs appear only redacted.
+container with its prefix), each output container accepts writes, and each SAS expires after the
+wall clock plus an allowance for the upload. Results are plain dicts for the plan output; URLs
+appear only redacted.
+
+The write check writes nothing (``BlobTransport.container_writable``): a Put Block List to a fresh
+name on condition ``If-Match: *``, which the service authorises (SAS ``w``) before it finds the
+condition false. Chosen over the alternatives: a probe blob put then deleted stays behind when
+the SAS lacks ``d``; a Put Block leaves an uncommitted blob (listed with
+``include=uncommittedblobs``, collected only after a week); reading ``sp`` from the SAS says
+nothing for an account key, a stored access policy or a revoked SAS. The check must not change
+what a user finds in the container.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ def agent(node_root: Path, tmp_path: Path, azurite: Any) -> Any:
     config.write_text("[tasks]\nkill_grace = 0.2\n"
                       "[storage]\nbackoff = 0\nretries = 2\ntimeout = 10.0\nconcurrency = 4\n"
                       f"connection_string = '{azurite.connection_string}'\n")
+    config.chmod(0o600)                     # it holds an account key: the agent refuses it otherwise
 
     class Agent:
         root = node_root
@@ -239,3 +240,30 @@ def test_no_progress_when_stderr_is_not_a_terminal(agent: Any, azurite: Any) -> 
     rc, data, output = agent.run({"id": "pipe", "commandLine": "true", "resourceFiles": [{"storageContainerUrl": sas}]})
     assert rc == 0 and data["task"]["executionInfo"]["exitCode"] == 0
     assert "transfers" not in output and "\x1b" not in output
+
+
+def _listed(azurite: Any, container: str) -> list[str]:
+    """Every name in the container, uncommitted blobs too (Azurite honours include=uncommittedblobs)."""
+    blobs = azurite.service.get_container_client(container).list_blobs(include=["uncommittedblobs"])
+    return [b.name for b in blobs]
+
+
+def test_plan_check_writes_nothing_and_tells_write_from_no_write(agent: Any, azurite: Any) -> None:
+    """A SAS with write but no delete: the check says "accepts writes" and the container stays
+    empty (no probe blob, no uncommitted block); without write it reports the denial."""
+    write_only, sas_w = azurite.container(permission="w")
+    create_only, sas_c = azurite.container(permission="c")        # Put Blob of a new blob only
+    read_only, sas_r = azurite.container(permission="rl")
+    azurite.service.get_container_client(write_only).get_blob_client("seen").stage_block("QUFBQQ==", b"x")
+    assert _listed(azurite, write_only) == ["seen"]               # the listing does show uncommitted blobs
+    azurite.service.get_container_client(write_only).delete_blob("seen")
+    task = {"id": "probe", "commandLine": "true",
+            "outputFiles": [output("a.txt", sas_w), output("b.txt", sas_c), output("c.txt", sas_r)]}
+    rc, data, out = agent.plan(task, "--check", "--output", "json")
+    assert rc == 0, out
+    checks = {c["check"]: c for c in data["check"]}
+    assert (checks["probe.outputFiles[0]"]["ok"], checks["probe.outputFiles[0]"]["detail"]) == (True, "accepts writes")
+    for denied in ("probe.outputFiles[1]", "probe.outputFiles[2]"):
+        assert (checks[denied]["ok"], checks[denied]["detail"]) == (False, "write denied (FileUploadAccessDenied)")
+    for container in (write_only, create_only, read_only):
+        assert _listed(azurite, container) == []
