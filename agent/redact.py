@@ -2,7 +2,9 @@
 
 Everything that renders a URL for a human or a file (logs, plan, run JSON, fileupload logs,
 error messages) goes through ``redact_url`` / ``redact_text``. A SAS keeps its non-secret
-parameters (``se`` tells when it expires, ``sp`` what it allows) and loses its signature.
+parameters (``se`` tells when it expires, ``sp`` what it allows) and loses its signature. The
+password in a URL's userinfo (``postgres://user:password@host``) is masked, in URLs and in free
+text alike; the user name stays (it says which account, and ``git@`` is no secret).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ _SECRET_NAME = re.compile(
 _CAMEL_KEY = re.compile(r"[a-z0-9]Keys?(?![a-z])")  # apiKey, storageKey: camelCase, so not "monkey"
 # sig=... inside any text, and AccountKey=... inside a connection string.
 _SIG_IN_TEXT = re.compile(r"(?i)\b(sig|signature|AccountKey|SharedAccessSignature)=([^&\s;\"'<>]+)")
+# scheme://user:password@ as urlsplit reads it: the password runs to the last "@" before the path.
+_USERINFO_IN_TEXT = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/?#@:]*):([^\s/?#]+)@")
 
 
 def redact_url(url: str) -> str:
@@ -48,7 +52,8 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Mask every ``sig=`` / ``AccountKey=`` value found anywhere in free text."""
+    """Mask every ``sig=`` / ``AccountKey=`` value and URL userinfo password found in free text."""
+    text = _USERINFO_IN_TEXT.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
     return _SIG_IN_TEXT.sub(lambda m: f"{m.group(1)}={MASK}", text)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
@@ -9,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.redact import MASK, is_secret_name, redact_env_value, redact_text, redact_url
+
+REPO = Path(__file__).resolve().parents[1]
 
 SAS = ("https://acct.blob.core.windows.net/container/dir/blob.txt?sv=2023-11-03&ss=b&srt=co&sp=rl"
        "&se=2026-01-01T00%3A00%3A00Z&st=2025-01-01T00%3A00%3A00Z&spr=https&sig=AbC%2Bd%2Fe%3D")
@@ -24,6 +30,11 @@ URLS: list[tuple[str, str, list[str], list[str]]] = [
     ("token-params", "https://a/b?token=t0k3n&access_token=at0k&code=c0d3&key=k3y&password=pw0rd&secret=s3cr",
      ["token=REDACTED"], ["t0k3n", "at0k", "c0d3", "k3y", "pw0rd", "s3cr"]),
     ("userinfo-password", "https://user:hunter2@host/path", ["https://user:REDACTED@host/path"], ["hunter2"]),
+    ("postgres-userinfo", "postgres://app:s3cr3t@db.example:5432/prod?sslmode=require",
+     ["postgres://app:REDACTED@db.example:5432/prod?sslmode=require"], ["s3cr3t"]),
+    ("at-in-password", "https://u:p@ss@host/x", ["https://u:REDACTED@host/x"], ["p@ss"]),
+    ("encoded-password", "https://u:p%40ss%3Aw@host/", ["https://u:REDACTED@host/"], ["p%40ss"]),
+    ("password-and-sas", "https://u:pw9@a/b?sig=zz9", ["u:REDACTED@", "sig=REDACTED"], ["pw9", "zz9"]),
     ("repeated-sig", "https://a/b?sig=one&sig=two", ["sig=REDACTED&sig=REDACTED"], ["one", "two"]),
     ("blank-sig", "https://a/b?sig=&sv=1", ["sig=REDACTED", "sv=1"], []),
     ("raw-plus-sig", "https://a/b?sv=1&sig=ab+cd/ef==", ["sig=REDACTED"], ["ab+cd", "ab cd", "ab%2Bcd"]),
@@ -68,6 +79,12 @@ TEXTS: list[tuple[str, str, str]] = [
      "Q1w2E3"),
     ("quoted", 'url="https://a/b?sig=inquotes" other', "inquotes"),
     ("signature", "x-ms-signature signature=deadbeef", "deadbeef"),
+    ("userinfo", "connect postgres://user:pa55word@db:5432/x failed", "pa55word"),
+    ("userinfo-upper-scheme", "HTTPS://u:Pa55@h/", "Pa55"),
+    ("userinfo-in-quotes", 'dsn="mysql+pymysql://root:tops3cret@127.0.0.1/db"', "tops3cret"),
+    ("userinfo-at-in-password", "redis://:pw@x@cache:6379/0", "pw@x"),
+    ("two-urls", "a=ftp://u:one1@h1/x b=amqp://u:two2@h2", "two2"),
+    ("two-urls-first", "a=ftp://u:one1@h1/x b=amqp://u:two2@h2", "one1"),
 ]
 
 
@@ -75,6 +92,28 @@ TEXTS: list[tuple[str, str, str]] = [
 def test_redact_text(text: str, secret: str) -> None:
     out = redact_text(text)
     assert secret not in out and MASK in out
+
+
+USERINFO_KEPT: list[tuple[str, str]] = [
+    # (text, shown as): the account, host, port and path stay readable
+    ("postgres://user:password@host/db", "postgres://user:REDACTED@host/db"),
+    ("DATABASE_URL=postgres://user:password@host", "DATABASE_URL=postgres://user:REDACTED@host"),
+    ("ssh://git@github.com:22/x.git", "ssh://git@github.com:22/x.git"),
+    ("https://host:8443/a@b", "https://host:8443/a@b"),
+    ("https://user:@host/", "https://user:@host/"),
+    ("mailto:someone@example.com", "mailto:someone@example.com"),
+    ("user:pass@host without a scheme", "user:pass@host without a scheme"),
+]
+
+
+@pytest.mark.parametrize(("text", "shown"), USERINFO_KEPT)
+def test_redact_text_userinfo(text: str, shown: str) -> None:
+    assert redact_text(text) == shown
+
+
+@pytest.mark.parametrize("name", ["DATABASE_URL", "DB_DSN", "BROKER", "INPUT"])
+def test_env_value_with_userinfo_password_is_masked(name: str) -> None:
+    assert redact_env_value(name, "postgres://user:password@host") == "postgres://user:REDACTED@host"
 
 
 def test_redact_text_keeps_the_rest() -> None:
@@ -136,3 +175,34 @@ def test_redact_url_never_leaks_the_signature(sig: str, encode: bool, position: 
 def test_redact_text_never_leaks_an_account_key(key: str) -> None:
     text = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix=core.windows.net"
     assert key not in redact_text(text)
+
+
+PASSWORD = st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc", "Zs", "Zl", "Zp"],
+                                          blacklist_characters="/?#@"), min_size=4, max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(password=PASSWORD, scheme=st.sampled_from(["postgres", "https", "mongodb+srv", "amqp"]))
+def test_userinfo_password_never_leaks(password: str, scheme: str) -> None:
+    password = f"Zq{password}"                  # never a piece of the rest of the URL
+    url = f"{scheme}://user:{password}@host.example:1234/db?x=1"
+    for out in (redact_url(url), redact_text(url), redact_text(f"error: {url} failed"),
+                redact_env_value("DSN", url)):
+        assert password not in out and "user:REDACTED@host.example:1234/db" in out
+
+
+def test_plan_masks_userinfo_passwords_end_to_end(tmp_path: Path) -> None:
+    """``python -m agent plan`` (text and JSON) on a task with a DSN in its environment and a
+    resource file URL with userinfo: the passwords appear nowhere, the rest does."""
+    task = {"id": "dsn", "commandLine": "true",
+            "environmentSettings": [{"name": "DATABASE_URL", "value": "postgres://app:Pg5ecret@db:5432/x"}],
+            "resourceFiles": [{"httpUrl": "https://fetch:Ht7ppw@files.example/in.txt", "filePath": "in.txt"}]}
+    path = tmp_path / "dsn.json"
+    path.write_text(json.dumps(task))
+    for extra in ((), ("--output", "json")):
+        proc = subprocess.run([sys.executable, "-m", "agent", "plan", str(path), "--root", str(tmp_path / "root"),
+                               "--config", "/dev/null", *extra], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        shown = proc.stdout + proc.stderr
+        assert "Pg5ecret" not in shown and "Ht7ppw" not in shown
+        assert "postgres://app:REDACTED@db:5432/x" in shown and "https://fetch:REDACTED@files.example/in.txt" in shown
