@@ -7,20 +7,10 @@ errors), ``fileuploadout.txt`` / ``fileuploaderr.txt`` in the task dir, and the 
 failure value (§7.5). Must not: raise for a task's failure, render a URL except through
 ``agent.redact`` (the logs never hold a SAS signature), or read a file the task user could not.
 
-Reading with the task user's rights. When the agent is root and the task ran as another,
-non-elevated user, files are opened by a helper process that lives for one upload phase: a fresh
-``python -I -S`` (exec'd as root, since the interpreter may sit where the task user cannot exec
-it) that first calls ``setgroups`` (root's groups are dropped), ``setgid`` and ``setuid`` to the
-task user's ids, reports its euid, and only then serves requests: absolute paths come in over a
-``SOCK_SEQPACKET`` socketpair, it opens each ``O_RDONLY | O_NONBLOCK`` and sends the fd back with
-``SCM_RIGHTS`` (the exchange runs in the event loop, one request at a time, on a non-blocking
-socket). The kernel thus checks every directory, every symlink and the target with the
-task user's credentials: a link a nonadmin task planted to a root-only file gives ``EACCES`` and
-fails the upload instead of leaking the file. Having changed ids from root, the helper is not
-dumpable, so the task user cannot ptrace it. The agent checks that each fd it gets is a regular
-file. (Written by hand: Python has no ``setfsuid``; ``os.access`` then ``open`` would race a
-task process swapping a link in between, and ``fork`` without ``exec`` is unsafe in a threaded
-asyncio process.) Otherwise the agent's own rights are the task's; it opens the file itself.
+Reading with the task user's rights: matching (the glob walk and every ``stat``) and opening go
+through ``agent.userfiles.TaskFiles``, which does both as the task user when the agent is root and
+the task ran as another, non-elevated user. A pattern thus never lists a file the task user could
+not, in ``fileuploadout.txt`` or in ``failureInfo``, and never uploads one.
 
 Log files are written with ``O_CREAT | O_EXCL | O_NOFOLLOW`` relative to the task dir's fd after
 unlinking the old name, so a link or hard link the task planted there is replaced, never written
@@ -37,49 +27,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import importlib.util
 import json
 import locale
 import os
-import pwd
-import socket
-import stat
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 
 from agent.blob import BlobError, BlobTransport, blob_headers, upload_failure
 from agent.lifecycle import Progress
-from agent.patterns import MatchedFile, ResolvedPattern, blob_name, match_files, resolve_pattern
+from agent.patterns import MatchedFile, ResolvedPattern, blob_name, resolve_pattern
 from agent.redact import redact_text, redact_url
 from agent.runner import TaskUser
 from agent.spec import OutputFile
 from agent.status import ErrorCategory, FailureInfo, NameValue
+from agent.userfiles import TaskFiles
 
-_HELPER = """\
-import os, socket, sys
-s = socket.socket(fileno=int(sys.argv[1]))
-os.setgroups([int(g) for g in sys.argv[4].split(",") if g])
-os.setgid(int(sys.argv[3]))
-os.setuid(int(sys.argv[2]))
-s.send(b"R%d" % os.geteuid())
-while path := s.recv(65536):
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
-        s.send(b"E%d" % e.errno)
-        continue
-    try:
-        socket.send_fds(s, [b"K"], [fd])
-    finally:
-        os.close(fd)
-"""
 # UPLOADER's fileuploaderr.txt codes, by HTTP status (§7.4).
 _ERR_CODES = {400: "InternalError", 500: "InternalError", 503: "InternalError",
               401: "AuthenticationFailed", 403: "AuthenticationFailed", 404: "ContainerNotFound",
@@ -93,118 +60,9 @@ class UploadResult:
     seconds: float
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _primary_gid(uid: int) -> int:
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return uid
-
-
 def condition_matches(condition: str, exit_code: int) -> bool:
     """``uploadCondition`` against the process exit code (§7.1)."""
     return {"tasksuccess": exit_code == 0, "taskfailure": exit_code != 0}.get(condition, True)
-
-
-class FileOpener:
-    """Opens files with the task user's rights (see the module docstring). An async context manager."""
-
-    def __init__(self, user: TaskUser) -> None:
-        self.user = user
-        self.helper = (os.geteuid() == 0 and user.uid not in (None, 0) and not user.elevated)
-        self._sock: socket.socket | None = None
-        self._proc: asyncio.subprocess.Process | None = None
-        self._lock = asyncio.Lock()
-        self._owed = 0
-
-    async def __aenter__(self) -> FileOpener:
-        if not self.helper:
-            return self
-        uid = self.user.uid
-        assert uid is not None
-        gid = self.user.gid if self.user.gid is not None else _primary_gid(uid)
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            # Started as root (the interpreter may live where the task user cannot exec it); it
-            # drops to the task user's ids before it reads a single request, and says so.
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", "-c", _HELPER, str(child.fileno()), str(uid), str(gid),
-                ",".join(str(g) for g in self.user.groups), pass_fds=(child.fileno(),), cwd="/", env={},
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            child.close()
-            parent.setblocking(False)
-            self._sock = parent
-            ready, _ = await self._reply()
-            if ready != b"R%d" % uid:
-                raise OSError(errno.EPERM, "the file-reading helper could not switch to the task user")
-        except BaseException:
-            self._sock = None
-            parent.close()
-            child.close()
-            if self._proc is not None:
-                await self._proc.wait()
-            raise
-        return self
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        if self._sock is not None:
-            self._sock.close()          # EOF: the helper leaves its loop
-        if self._proc is not None:
-            await self._proc.wait()
-
-    async def _reply(self) -> tuple[bytes, list[int]]:
-        """The helper's next answer, read in the event loop (the socket is non-blocking)."""
-        sock = self._sock
-        assert sock is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                msg, fds, _, _ = socket.recv_fds(sock, 64, 1)
-            except BlockingIOError:
-                ready = loop.create_future()
-                loop.add_reader(sock.fileno(), _wake, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(sock.fileno())
-                continue
-            if not msg and not fds:
-                raise OSError(errno.EPIPE, "the file-reading helper exited")
-            return msg, fds
-
-    async def _via_helper(self, path: Path) -> int:
-        assert self._sock is not None
-        async with self._lock:
-            while self._owed:                   # answers to requests whose caller was cancelled
-                for fd in (await self._reply())[1]:
-                    os.close(fd)
-                self._owed -= 1
-            self._sock.send(os.fsencode(path))
-            self._owed += 1
-            msg, fds = await self._reply()
-            self._owed -= 1
-        if fds and msg == b"K":
-            return fds[0]
-        for fd in fds:
-            os.close(fd)
-        code = int(msg[1:]) if msg.startswith(b"E") and msg[1:].isdigit() else errno.EIO
-        raise OSError(code, os.strerror(code), str(path))
-
-    async def open(self, path: Path) -> int:
-        """A read-only fd of the regular file ``path`` (symlinks followed with the user's rights)."""
-        if self.helper:
-            fd = await self._via_helper(path)
-        else:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return fd
 
 
 class UploadLog:
@@ -316,18 +174,25 @@ async def _upload(outputs: Sequence[OutputFile], exit_code: int, wd: Path, env: 
         f"[Resolved mapping - base_path: {r.base_path}, full_pattern: {r.full_pattern}, original_pattern: "
         f"{r.original},  destination: {o.destination.container.path or ''}]"
         for r, o in zip(resolved, chosen, strict=True)) + "]")
-    items: list[tuple[int, _Item]] = []
-    for i, (out, res) in enumerate(zip(chosen, resolved, strict=True)):
-        log.line(f"Uploading all files matching pattern {res.full_pattern}")
-        matches = await asyncio.to_thread(match_files, res)
-        if not matches:
-            log.line(f"No file matches pattern {res.full_pattern}")
-        items += [(i, _Item(out, res, m, blob_name(res, m, out.destination.container.path))) for m in matches]
+    async with TaskFiles(user) as files:
+        items: list[tuple[int, _Item]] = []
+        for i, (out, res) in enumerate(zip(chosen, resolved, strict=True)):
+            log.line(f"Uploading all files matching pattern {res.full_pattern}")
+            matches = await files.match(res)
+            if not matches:
+                log.line(f"No file matches pattern {res.full_pattern}")
+            items += [(i, _Item(out, res, m, blob_name(res, m, out.destination.container.path))) for m in matches]
+        return await _upload_items(items, headers, files, transport, concurrency, progress, log)
+
+
+async def _upload_items(items: Sequence[tuple[int, _Item]], headers: Mapping[int, Mapping[str, str]],
+                        files: TaskFiles, transport: BlobTransport, concurrency: int, progress: Progress | None,
+                        log: UploadLog) -> tuple[int, int] | _Failed:
     totals = [0, 0]
     failed: list[_Failed] = []
     sem = asyncio.Semaphore(max(1, concurrency))
 
-    async def go(opener: FileOpener, i: int, item: _Item) -> None:
+    async def go(opener: TaskFiles, i: int, item: _Item) -> None:
         async with sem:
             got = await _one(item, headers[i], opener, transport, log)
         if isinstance(got, _Failed):
@@ -339,13 +204,12 @@ async def _upload(outputs: Sequence[OutputFile], exit_code: int, wd: Path, env: 
             progress.add(got)
             progress.advance(got)
 
-    async with FileOpener(user) as opener:
-        try:
-            async with asyncio.TaskGroup() as group:
-                for i, item in items:
-                    group.create_task(go(opener, i, item))
-        except* _Stop:
-            pass
+    try:
+        async with asyncio.TaskGroup() as group:
+            for i, item in items:
+                group.create_task(go(files, i, item))
+    except* _Stop:
+        pass
     if failed:
         return failed[0]
     return totals[0], totals[1]
@@ -378,7 +242,7 @@ def _destination_problem(out: OutputFile) -> FailureInfo | None:
     return None
 
 
-async def _one(item: _Item, headers: Mapping[str, str], opener: FileOpener, transport: BlobTransport,
+async def _one(item: _Item, headers: Mapping[str, str], opener: TaskFiles, transport: BlobTransport,
                log: UploadLog) -> int | _Failed:
     dest = item.output.destination.container
     path = str(item.match.path)
