@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,9 @@ def test_output_pattern_does_not_list_or_upload_a_root_only_directory(agent: Any
         assert not any(SECRET_NAME in b for b in blobs), blobs
         assert all(azurite.download(name, b) != b"victim data\n" for b in blobs)
         info = data["task"]["executionInfo"]
-        assert info["exitCode"] == 0 and "failureInfo" not in info, info      # nothing it may not see
+        assert rc == 0 and info["exitCode"] == 0 and "failureInfo" not in info, info   # no existence oracle
         assert all(p.read_text() == "victim data\n" for p in planted)
     finally:
-        import shutil
-
         shutil.rmtree(outside, ignore_errors=True)
 
 
@@ -79,6 +78,6 @@ def test_output_pattern_still_uploads_what_the_task_user_may_read(agent: Any, az
             "outputFiles": [{"filePattern": "d/**/*.txt", "destination": {"container": {"containerUrl": sas}},
                              "uploadOptions": {"uploadCondition": "tasksuccess"}}]}
     rc, data, output = agent.run(task)
-    assert data is not None and "failureInfo" not in data["task"]["executionInfo"], output
+    assert rc == 0 and data is not None and "failureInfo" not in data["task"]["executionInfo"], output
     assert sorted(azurite.list(name)) == ["a.txt", "e/b.txt", "l.txt"]
     assert azurite.download(name, "l.txt") == b"a\n"
