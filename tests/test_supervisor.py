@@ -283,19 +283,27 @@ async def test_supervisor_exits_when_idle(root: Path) -> None:
         client.close()
 
 
-async def test_shutdown_waits_for_running_children(root: Path, client: SupervisorClient) -> None:
+@pytest.mark.parametrize("how", ["request", "sigterm"])
+async def test_shutdown_waits_for_running_children(root: Path, client: SupervisorClient, how: str) -> None:
     gate = root / "gate"
     os.mkfifo(gate)
     out = _out(root / "out")
-    await client.spawn(_request(root, "a-drain", ["sh", "-c", 'read l < "$0"', str(gate)], out))
-    os.close(out)
-    pid = await client.ensure()
-    await client.shutdown()
+    try:
+        await client.spawn(_request(root, "a-drain", ["sh", "-c", 'read l < "$0"', str(gate)], out))
+        pid = await client.ensure()
+        if how == "request":
+            await client.shutdown()
+        else:
+            os.kill(pid, signal.SIGTERM)
+        with pytest.raises(SupervisorError, match="draining"):       # stopping never kills work...
+            await client.spawn(_request(root, "a-late", ["true"], out))
+    finally:
+        os.close(out)
     assert psutil.Process(pid).is_running()
     waiting = asyncio.create_task(client.wait("a-drain"))
     with open(gate, "w") as fifo:                       # the task holds the read end: no blocking
         fifo.write("go\n")
-    assert await waiting == Exited(0)
+    assert await waiting == Exited(0)                   # ...and the status is still collected
     await _gone(pid)
 
 

@@ -1,0 +1,229 @@
+"""The re-attach mechanism's cost per running task: memory and start latency (issue 8 bench).
+
+For N sleeping tasks (default 50 and 200) it measures, in one run:
+  - start latency per task (p50/p99): plain ``subprocess.Popen`` from this process (today's
+    ProcessRunner), ``asyncio.create_subprocess_exec``, and a spawn through the supervisor
+    (connect, greeting, request with three descriptors, fork/exec, reply);
+  - the supervisor's RSS and USS idle and with N tasks running, each with a pending ``wait``
+    (as under the service): the per-task growth is the mechanism's marginal cost;
+  - the per-task alternatives for the record: a Python waiter per task (``python -I -S`` that
+    spawns the task, waits and writes the status) and, where gcc exists, a C shim doing the same.
+Kernel memory (task_struct, socket buffers) is not in any RSS and is the same for all of them.
+
+    .venv/bin/python bench/bench_supervisor.py [N ...]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.supervisor.client import Spawned, SpawnRequest, SupervisorClient
+
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+MB = 1 << 20
+AIM = 2.0  # MB per running task
+
+PY_WAITER = """
+import os, sys
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:2] + ["1000"], {})
+_, status = os.waitpid(pid, 0)
+with open(sys.argv[2], "w") as fh:
+    fh.write(str(os.waitstatus_to_exitcode(status)))
+    os.fsync(fh.fileno())
+"""
+
+C_SHIM = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    pid_t pid = fork();
+    if (pid == 0) { char *args[] = {argv[1], "1000", 0}; execv(argv[1], args); _exit(127); }
+    int status; waitpid(pid, &status, 0);
+    int fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dprintf(fd, "%d", WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status));
+    fsync(fd); close(fd); return 0;
+}
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def mem(pid: int) -> tuple[float, float]:
+    info = psutil.Process(pid).memory_full_info()
+    return info.rss / MB, info.uss / MB
+
+
+def open_logs(work: Path, name: str) -> tuple[int, int]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    return os.open(work / f"{name}.out", flags, 0o640), os.open(work / f"{name}.err", flags, 0o640)
+
+
+async def timed_starts(n: int, start: Callable[[int], Awaitable[int]]) -> tuple[list[float], list[int]]:
+    times, pids = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        pids.append(await start(i))
+        times.append(time.perf_counter() - t0)
+    return times, pids
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def baseline_popen(n: int, work: Path) -> list[float]:
+    children: list[subprocess.Popen[bytes]] = []
+
+    async def start(i: int) -> int:
+        out, err = open_logs(work, f"popen{i}")
+        try:
+            child = subprocess.Popen([SLEEP, "1000"], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                     close_fds=True, start_new_session=True, cwd=work, env={})
+        finally:
+            os.close(out)
+            os.close(err)
+        children.append(child)
+        return child.pid
+
+    times, pids = await timed_starts(n, start)
+    kill_all(pids)
+    for child in children:
+        child.wait()
+    return times
+
+
+async def baseline_asyncio(n: int, work: Path) -> list[float]:
+    children: list[asyncio.subprocess.Process] = []
+
+    async def start(i: int) -> int:
+        out, err = open_logs(work, f"aio{i}")
+        try:
+            child = await asyncio.create_subprocess_exec(SLEEP, "1000", stdin=subprocess.DEVNULL, stdout=out,
+                                                         stderr=err, start_new_session=True, cwd=work, env={})
+        finally:
+            os.close(out)
+            os.close(err)
+        children.append(child)
+        return child.pid
+
+    times, pids = await timed_starts(n, start)
+    kill_all(pids)
+    for child in children:
+        await child.wait()
+    return times
+
+
+async def through_supervisor(n: int, work: Path, client: SupervisorClient, tag: str) -> dict[str, float]:
+    sup = await client.ensure()
+    rss0, uss0 = mem(sup)
+
+    async def start(i: int) -> int:
+        out, err = open_logs(work, f"sup{tag}-{i}")
+        try:
+            spawned = await client.spawn(SpawnRequest(f"bench-{tag}-{i}", ["sleep", "1000"], SLEEP, work, {},
+                                                      out, err))
+        finally:
+            os.close(out)
+            os.close(err)
+        assert isinstance(spawned, Spawned), spawned
+        return spawned.pid
+
+    times, pids = await timed_starts(n, start)
+    async with asyncio.TaskGroup() as group:
+        waits = [group.create_task(client.wait(f"bench-{tag}-{i}")) for i in range(n)]
+        # every wait registered: the supervisor holds N children and N waiting connections
+        while True:
+            running, _ = await client.list()
+            conns = len(psutil.Process(sup).net_connections(kind="unix"))
+            if len(running) == n and conns >= n + 1:
+                break
+            await asyncio.sleep(0.01)
+        rss1, uss1 = mem(sup)
+        t0 = time.perf_counter()
+        kill_all(pids)
+    reaped = time.perf_counter() - t0
+    assert all(w.result().code == -9 for w in waits)       # type: ignore[union-attr]
+    for i in range(n):
+        await client.forget(f"bench-{tag}-{i}")
+    return {"rss0": rss0, "uss0": uss0, "rss1": rss1, "uss1": uss1, "p50": pct(times, 0.5),
+            "p99": pct(times, 0.99), "reap_all": reaped}
+
+
+def per_task_waiters(kind: str, argv0: list[str], work: Path, count: int = 10) -> tuple[float, float]:
+    procs = [subprocess.Popen([*argv0, SLEEP, str(work / f"{kind}{i}.status")], start_new_session=True)
+             for i in range(count)]
+    try:
+        # each waiter has spawned its task: wait on that fact, not on a clock
+        while not all(psutil.Process(p.pid).children() for p in procs):
+            time.sleep(0.005)
+        sizes = [mem(p.pid) for p in procs]
+    finally:
+        for p in procs:
+            for child in psutil.Process(p.pid).children():
+                child.kill()
+            p.wait()
+    return statistics.mean(s[0] for s in sizes), statistics.mean(s[1] for s in sizes)
+
+
+async def main(counts: list[int]) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-supervisor-") as tmp:
+        work = Path(tmp)
+        root = work / "root"
+        client = SupervisorClient(root, idle=5)
+        t0 = time.perf_counter()
+        await client.ensure()
+        cold = time.perf_counter() - t0
+        print(f"supervisor cold start (python -I -S, fork, bind, ready): {cold * 1000:.1f} ms")
+        for n in counts:
+            popen = await baseline_popen(n, work)
+            aio = await baseline_asyncio(n, work)
+            sup = await through_supervisor(n, work, client, str(n))
+            per_rss = (sup["rss1"] - sup["rss0"]) / n
+            per_uss = (sup["uss1"] - sup["uss0"]) / n
+            print(f"\n== N = {n} sleeping tasks")
+            for name, times in (("Popen", popen), ("asyncio exec", aio)):
+                print(f"  start latency p50/p99  {name:<14} {pct(times, .5) * 1e3:7.2f} / {pct(times, .99) * 1e3:7.2f} ms")
+            print(f"  start latency p50/p99  supervisor     {sup['p50'] * 1e3:7.2f} / {sup['p99'] * 1e3:7.2f} ms")
+            print(f"  ratio supervisor / Popen (p50): {sup['p50'] / pct(popen, .5):.2f}   "
+                  f"/ asyncio (p50): {sup['p50'] / pct(aio, .5):.2f}")
+            print(f"  supervisor idle   RSS {sup['rss0']:6.2f} MB  USS {sup['uss0']:6.2f} MB")
+            print(f"  supervisor with N RSS {sup['rss1']:6.2f} MB  USS {sup['uss1']:6.2f} MB  (N children, N waits)")
+            print(f"  per running task  RSS {per_rss * 1024:6.1f} KB  USS {per_uss * 1024:6.1f} KB   (aim <= {AIM} MB)")
+            print(f"  amortised (fixed + N x marginal) / N: RSS {sup['rss1'] / n:5.2f} MB per task")
+            print(f"  N kills reaped, recorded (fsync) and reported: {sup['reap_all'] * 1e3:.1f} ms")
+        rss, uss = per_task_waiters("py", [sys.executable, "-I", "-S", "-c", PY_WAITER], work)
+        print(f"\nalternative: a Python waiter per task   RSS {rss:5.2f} MB  USS {uss:5.2f} MB per task")
+        gcc = shutil.which("gcc")
+        if gcc:
+            (work / "shim.c").write_text(C_SHIM)
+            subprocess.run([gcc, "-O2", "-o", str(work / "shim"), str(work / "shim.c")], check=True)
+            rss, uss = per_task_waiters("c", [str(work / "shim")], work)
+            print(f"alternative: a C shim per task (gcc -O2) RSS {rss:5.2f} MB  USS {uss:5.2f} MB per task")
+        await client.shutdown()
+        client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main([int(a) for a in sys.argv[1:]] or [50, 200]))
