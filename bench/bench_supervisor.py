@@ -204,7 +204,8 @@ async def main(counts: list[int]) -> None:
             per_uss = (sup["uss1"] - sup["uss0"]) / n
             print(f"\n== N = {n} sleeping tasks")
             for name, times in (("Popen", popen), ("asyncio exec", aio)):
-                print(f"  start latency p50/p99  {name:<14} {pct(times, .5) * 1e3:7.2f} / {pct(times, .99) * 1e3:7.2f} ms")
+                p50, p99 = pct(times, .5) * 1e3, pct(times, .99) * 1e3
+                print(f"  start latency p50/p99  {name:<14} {p50:7.2f} / {p99:7.2f} ms")
             print(f"  start latency p50/p99  supervisor     {sup['p50'] * 1e3:7.2f} / {sup['p99'] * 1e3:7.2f} ms")
             print(f"  ratio supervisor / Popen (p50): {sup['p50'] / pct(popen, .5):.2f}   "
                   f"/ asyncio (p50): {sup['p50'] / pct(aio, .5):.2f}")
