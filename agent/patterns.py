@@ -23,6 +23,8 @@ Choices where the sources are silent (UNCONFIRMED):
   non-dot file below; ``a**b`` inside a segment is ``a*b``.
 * A symlink whose target is a regular file is returned with ``is_symlink=True`` (the uploader
   opens it with the task user's rights); dangling links and links to directories are skipped.
+  A root agent runs ``match_files`` as the task user (``agent.userfiles``): a path it may not
+  reach (``EACCES``) is skipped like one that does not exist, so a pattern tells it nothing more.
 * An unclosed ``[`` is literal. UPLOADER counts only ``*`` as a wildcard; we also count ``?`` and
   brackets. wcmatch adds ``[^abc]`` (= ``[!abc]``) and POSIX classes (``[[:digit:]]``).
 * An empty ``path`` is treated as no path.

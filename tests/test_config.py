@@ -226,7 +226,7 @@ SECRETS: list[tuple[str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602, 0o620])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602, 0o620], ids=lambda m: f"{m:04o}")
 @pytest.mark.parametrize(("lines", "what"), [s[1:] for s in SECRETS], ids=[s[0] for s in SECRETS])
 def test_secret_config_open_to_others_is_refused(tmp_path: Path, lines: str, what: str, mode: int) -> None:
     path = write(tmp_path, "[storage]\n" + lines, mode=mode)
@@ -237,7 +237,7 @@ def test_secret_config_open_to_others_is_refused(tmp_path: Path, lines: str, wha
     assert f"mode {mode:04o}" in message and KEY not in message
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o400])
+@pytest.mark.parametrize("mode", [0o600, 0o400], ids=lambda m: f"{m:04o}")
 @pytest.mark.parametrize("lines", [s[1] for s in SECRETS], ids=[s[0] for s in SECRETS])
 def test_private_secret_config_loads(tmp_path: Path, lines: str, mode: int) -> None:
     assert load_config(write(tmp_path, "[storage]\n" + lines, mode=mode), environ={}).source
