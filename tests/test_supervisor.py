@@ -9,9 +9,11 @@ line per step, and a process's end is awaited through psutil / pidfd.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -32,7 +34,7 @@ from agent.supervisor.client import (
     SupervisorClient,
     SupervisorError,
 )
-from agent.supervisor.protocol import SOCKET_NAME, private_dir
+from agent.supervisor.protocol import SOCKET_NAME, private_dir, socket_path
 
 REPO = Path(__file__).resolve().parents[1]
 SH = "/bin/sh"
@@ -326,6 +328,7 @@ async def test_task_runs_in_its_own_session_as_its_user(root: Path, client: Supe
         os.umask(umask)
         assert f"Umask:\t{umask:04o}\n" in status                     # the agent's, not the supervisor's
         assert os.readlink(f"/proc/{spawned.pid}/fd/0") == "/dev/null"
+        assert os.readlink(f"/proc/{spawned.pid}/fd/1") == str(root / "out")     # by descriptor
         assert sorted(os.listdir(f"/proc/{spawned.pid}/fd")) == ["0", "1", "2"]   # nothing leaked
     finally:
         os.kill(spawned.pid, signal.SIGKILL)
@@ -368,6 +371,28 @@ async def test_bad_inputs_are_refused(root: Path, client: SupervisorClient) -> N
         await client.forget("a-run")
     os.kill(spawned.pid, signal.SIGKILL)
     assert await client.wait("a-run") == Exited(-9)
+
+
+def test_bad_requests_do_not_end_the_supervisor(root: Path) -> None:
+    client = SupervisorClient(root, idle=30)
+    try:
+        pid = asyncio.run(client.ensure())
+        dir_fd = os.open(private_dir(root), os.O_RDONLY | os.O_DIRECTORY)
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.settimeout(20)
+            raw.connect(socket_path(dir_fd))                         # sun_path is 108 bytes at most
+            os.close(dir_fd)
+            replies = raw.makefile("rb")
+            assert json.loads(replies.readline())["pid"] == pid
+            for bad in (b"garbage", b"[1]", b'{"op":"spawn","id":"x","argv":["true"],"env":[],"cwd":"/"}',
+                        b'{"op":"status","id":".hidden"}', b'{"op":"nope","id":"x"}'):
+                raw.sendall(bad + b"\n")
+                reply = json.loads(replies.readline())
+                assert reply["ok"] is False and reply["error"] == "protocol", (bad, reply)
+            replies.close()
+        assert asyncio.run(client.ensure()) == pid                   # the same supervisor answers
+    finally:
+        client.close()
 
 
 def test_private_dir_of_another_owner_is_refused(root: Path) -> None:

@@ -177,8 +177,8 @@ class Supervisor:
             del conn.inbuf[: end + 1]
             try:
                 reply = self._handle(conn, decode(line))
-            except (ProtocolError, KeyError, TypeError, ValueError) as exc:
-                reply = {"ok": False, "error": "protocol", "message": str(exc)}
+            except Exception as exc:    # the boundary: a bad request must not end the tasks' parent
+                reply = {"ok": False, "error": "protocol", "message": f"{type(exc).__name__}: {exc}"}
             if reply is not None:
                 self._send(conn, reply)
 
