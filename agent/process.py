@@ -52,6 +52,7 @@ import psutil
 
 from agent.errors import RunnerError
 from agent.logs import get_logger
+from agent.nodefs import create_at
 from agent.runner import ExitResult, RunHandle, RunRequest, TaskUser
 from agent.status import FailureInfo
 
@@ -275,9 +276,13 @@ def _open(path: Path, flags: int, fds: list[int], mode: int = 0o600) -> int:
 
 
 def _open_log(path: Path, owner: TaskUser | None, fds: list[int]) -> int:
-    fd = _open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, fds, LOG_MODE)
-    if owner is not None and owner.uid is not None:
-        os.fchown(fd, owner.uid, -1 if owner.gid is None else owner.gid)
+    """A fresh log file, never an object a task planted at ``path`` (see ``agent.nodefs``)."""
+    ids = None if owner is None or owner.uid is None else (owner.uid, -1 if owner.gid is None else owner.gid)
+    try:
+        fd = create_at(path, LOG_MODE, ids)
+    except OSError as exc:
+        raise RunnerError(f"cannot create {path}: {exc.strerror}") from exc
+    fds.append(fd)
     return fd
 
 

@@ -11,7 +11,8 @@ themselves are moved by ``agent.blob.BlobTransport`` (retries, Content-MD5, temp
 
 No byte outside the working dir. Names are checked first: a blob name (or ``filePath``) with an
 empty, ``.`` or ``..`` segment, a leading ``/`` or a NUL is refused (UserError). Paths are then
-walked openat-style, never by string: the destination dir is opened with ``O_NOFOLLOW``, each
+walked openat-style, never by string: the destination dir is opened by ``agent.nodefs.open_dir``
+(no link anywhere in its path), each
 sub-directory is created with ``mkdirat`` and opened with ``O_DIRECTORY | O_NOFOLLOW`` relative to
 its parent's fd, so a symlink in the way (a link a previous task planted) fails the open with
 ``ELOOP``/``ENOTDIR`` instead of being followed; an existing symlink as the last component is
@@ -58,6 +59,7 @@ from agent.blob import (
 )
 from agent.config import StorageConfig
 from agent.lifecycle import Progress, TaskContext
+from agent.nodefs import open_dir
 from agent.redact import redact_url
 from agent.runner import TaskUser
 from agent.spec import ResourceFile
@@ -255,7 +257,7 @@ class _InTheWay(Exception):
 
 def _open_parent(dest_dir: Path, parts: Sequence[str], mode: int, owner: tuple[int, int] | None) -> int:
     """An fd of the directory that will hold ``parts[-1]``, creating directories, following no link."""
-    fd = os.open(dest_dir, _DIR_FLAGS)
+    fd = open_dir(dest_dir)
     try:
         for i, part in enumerate(parts[:-1]):
             created = False

@@ -29,6 +29,10 @@ Decisions on UNCONFIRMED points
   when it is submitted). The identity of a named user is its account name.
 - The shared dir is mode 1777, like /tmp. Every task user can create files there, named
   users included (they are not in ``_azbatchgrp``), and only a file's owner can delete it.
+- Every auto-user has ``_azbatchgrp`` as its primary group (as on Batch), so the group grants
+  nothing private: task dirs are kept apart by their owner bits (``agent.hooks.taskdir``).
+- The account state file (``task-users.json``) is read and replaced relative to its directory's
+  fd, after ``agent.nodefs.open_trusted`` checked that no other user can change that directory.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.errors import RunnerError
+from agent.nodefs import create_file, ensure_dir, open_trusted
 from agent.runner import TaskUser
 from agent.spec import UserIdentity
 from agent.status import FailureInfo
@@ -55,6 +60,8 @@ from agent.status import FailureInfo
 KINDS = frozenset({"task", "jobmanager", "jobpreparation", "jobrelease", "start"})
 SHARED_DIR_MODE = 0o1777
 _MAX_NAME = 32                  # useradd's limit on Linux account names
+_STATE = "task-users.json"
+_STATE_TMP = "task-users.tmp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +139,14 @@ def describe_user(identity: UserIdentity | None, kind: str, policy: UserPolicy) 
 
 
 def ensure_shared_dir_permissions(path: Path) -> None:
-    """Make the node's shared dir writable by every task user (mode 1777, see module doc)."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, SHARED_DIR_MODE)
+    """Make the node's shared dir writable by every task user (mode 1777, see module doc).
+
+    Its parent must pass ``agent.nodefs.open_trusted``; the mode is set on the opened dir."""
+    parent = open_trusted(path.parent, "node root")
+    try:
+        os.close(ensure_dir(parent, path.name, SHARED_DIR_MODE))
+    finally:
+        os.close(parent)
 
 
 def _choose(identity: UserIdentity | None, kind: str, policy: UserPolicy) -> _Choice:
@@ -222,22 +234,41 @@ def _run(argv: list[str], account: str) -> None:
 
 def _task_account(task_key: str, policy: UserPolicy) -> pwd.struct_passwd:
     """The per-task account of ``task_key``, allocated and created on first use."""
-    state_file = policy.state_dir / "task-users.json"
     with _locked(policy):
-        policy.state_dir.mkdir(parents=True, exist_ok=True)
+        state = open_trusted(policy.state_dir, "state directory")
         try:
-            accounts: dict[str, str] = json.loads(state_file.read_text())
-        except FileNotFoundError:
-            accounts = {}
-        name = accounts.get(task_key)
-        if name is None:
-            used = [*accounts.values(), *(entry.pw_name for entry in pwd.getpwall())]
-            name = f"{policy.task_prefix}{1 + max(_numbers(used, policy.task_prefix), default=0)}"
-            accounts[task_key] = name
-            tmp = state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(accounts, indent=1, sort_keys=True))
-            os.replace(tmp, state_file)
+            name = _allocate(state, task_key, policy)
+        except OSError as exc:
+            raise RunnerError(f"cannot record the task's account in {policy.state_dir / _STATE}: "
+                              f"{exc.strerror or exc}") from exc
+        finally:
+            os.close(state)
         return _create_locked(name, policy)
+
+
+def _allocate(state: int, task_key: str, policy: UserPolicy) -> str:
+    """The account name of ``task_key`` in the state file (at the dir fd ``state``), added if new."""
+    accounts = _read_accounts(state)
+    name = accounts.get(task_key)
+    if name is None:
+        used = [*accounts.values(), *(entry.pw_name for entry in pwd.getpwall())]
+        name = f"{policy.task_prefix}{1 + max(_numbers(used, policy.task_prefix), default=0)}"
+        accounts[task_key] = name
+        fd = create_file(state, _STATE_TMP, 0o600)
+        with open(fd, "w") as tmp:
+            tmp.write(json.dumps(accounts, indent=1, sort_keys=True))
+        os.replace(_STATE_TMP, _STATE, src_dir_fd=state, dst_dir_fd=state)
+    return name
+
+
+def _read_accounts(state: int) -> dict[str, str]:
+    try:
+        fd = os.open(_STATE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=state)
+    except FileNotFoundError:
+        return {}
+    with open(fd) as f:
+        accounts: dict[str, str] = json.loads(f.read())
+    return accounts
 
 
 def _numbers(names: list[str], prefix: str) -> Iterator[int]:

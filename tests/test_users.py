@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agent.errors import RunnerError
+from agent.errors import ConfigError, RunnerError
 from agent.process import ProcessRunner
 from agent.runner import RunHandle, RunRequest, TaskUser
 from agent.spec import UserIdentity
@@ -252,3 +252,24 @@ async def test_shared_dir_is_writable_by_every_task_user(policy: UserPolicy, tas
     user = resolved(None, "task", policy)
     await run_as(user, task_dir, "sh", "-c", f"echo hi > {shared}/from-task")
     assert (shared / "from-task").stat().st_uid == user.uid
+
+
+def test_shared_dir_link_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    (tmp_path / "root").mkdir(mode=0o755)
+    shared = tmp_path / "root" / "shared"
+    shared.symlink_to(victim)
+    ensure_shared_dir_permissions(shared)
+    assert not shared.is_symlink() and shared.stat().st_mode & 0o7777 == SHARED_DIR_MODE
+    assert victim.stat().st_mode & 0o7777 == 0o700
+
+
+def test_state_dir_another_user_can_change_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    os.chown(state, pwd.getpwnam("nobody").pw_uid, -1)
+    policy = UserPolicy(agent_is_root=True, state_dir=state)
+    with pytest.raises(ConfigError, match="chown root"):
+        resolve_user(identity({"autoUser": {"scope": "task"}}), "task", policy=policy, task_key="job/x")
+    assert not (state / "task-users.json").exists()

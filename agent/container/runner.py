@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from agent.container.build import LABEL_NODE_ROOT, LABEL_REMOVE
 from agent.container.orphans import LABEL_AGENT, agent_token
 from agent.errors import RunnerError
 from agent.logs import get_logger
+from agent.nodefs import create_at
 from agent.runner import ExitResult, RunHandle, RunRequest, TaskUser
 from agent.status import ContainerInfo, FailureInfo
 
@@ -128,11 +128,13 @@ def _create(client: Any, image: str, kwargs: Mapping[str, Any]) -> str:
     return str(client.api.create_container(**args)["Id"])
 
 
+OUTPUT_MODE = 0o640             # as the native runner's logs: the task user and its group
+
+
 def _open_output(path: Path, user: TaskUser) -> IO[bytes]:
-    handle = open(path, "wb")  # noqa: SIM115 - closed by the pump thread
-    if user.uid is not None and os.geteuid() == 0:
-        os.fchown(handle.fileno(), user.uid, user.gid if user.gid is not None else -1)
-    return handle
+    """A fresh log file, never an object a task planted at ``path`` (see ``agent.nodefs``)."""
+    owner = (user.uid, user.gid if user.gid is not None else -1) if user.uid is not None else None
+    return open(create_at(path, OUTPUT_MODE, owner), "wb")
 
 
 def _pump(stream: Any, out: IO[bytes], err: IO[bytes], errors: list[BaseException]) -> None:
