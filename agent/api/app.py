@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import traceback
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -153,9 +154,10 @@ class BatchEdge:
                 await error_response(exc, scope)(scope, receive, send_with_headers)
                 return
             await self.app(scope, receive, send_with_headers)
-        except Exception:
-            _log.exception("api request failed", request_id=rid, method=req.method,
-                           path=redact_url(req.raw_path))
+        except Exception as exc:
+            # the trace goes to the log as a field (the JSON renderer does not format exc_info)
+            _log.error("api request failed", request_id=rid, method=req.method, path=redact_url(req.raw_path),
+                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
             if not started:
                 await error_response(BatchApiError("InternalError"), scope)(scope, receive, send_with_headers)
 

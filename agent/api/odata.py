@@ -155,7 +155,7 @@ class _Parser:
         tok = self.peek()
         if tok is None or tok[0] != kind or (word is not None and tok[1] != word):
             found = "the end" if tok is None else repr(tok[1])
-            raise _FilterError(f"expected {word or kind}, found {found}")
+            raise _FilterError(f"expected {word or _KIND_NAMES.get(kind, kind)}, found {found}")
         self.pos += 1
         return tok[1]
 
@@ -239,6 +239,7 @@ class _Parser:
         raise _FilterError(f"{path!r} takes {_TYPE_HINT[want]}, not {text!r}")
 
 
+_KIND_NAMES = {"word": "a property name or operator", "rparen": "')'", "lparen": "'('", "comma": "','"}
 _TYPE_HINT = {"string": "a quoted string like 'active'", "int": "an integer",
               "datetime": "DateTime'2025-07-01T12:00:00Z'", "bool": "true or false"}
 
@@ -306,7 +307,7 @@ def encode_token(key: str) -> str:
 
 def decode_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        return base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, ValueError):
         raise query_error("$skiptoken", token, "not a token this server issued") from None
 
