@@ -103,10 +103,12 @@ def new_job(job: NewJob, seq: int, etag: str, now: datetime) -> JobRecord:
         execution_info=copy_json(job.execution_info))
 
 
-def new_task(job_id: str, task: NewTask, seq: int, etag: str, now: datetime) -> TaskRecord:
+def new_task(job_id: str, task: NewTask, seq: int, etag: str, now: datetime,
+             body: dict[str, Any] | None = None) -> TaskRecord:
+    """``body``: the caller's private copy of ``task.body`` when it made one already."""
     return TaskRecord(
-        job_id=job_id, id=task.id, seq=seq, body=copy_json(task.body), state="active", etag=etag,
-        creation_time=now, last_modified=now, state_transition_time=now, previous_state=None,
+        job_id=job_id, id=task.id, seq=seq, body=copy_json(task.body) if body is None else body, state="active",
+        etag=etag, creation_time=now, last_modified=now, state_transition_time=now, previous_state=None,
         previous_state_transition_time=None, required_slots=task.required_slots,
         execution_info=ExecutionInfo(), node_info=None, dependency_action=None)
 
@@ -148,16 +150,16 @@ def apply_task(rec: TaskRecord, changes: TaskChanges, etag: str, now: datetime) 
     return dataclasses.replace(rec, **updates)
 
 
-def count(tasks: Iterable[tuple[str, str | None, int]]) -> TaskCounts:
-    """``(state, result, required_slots)`` rows -> task and slot counts (batch-api-routes.md §9.2)."""
+def count(groups: Iterable[tuple[str, str | None, int, int]]) -> TaskCounts:
+    """``(state, result, tasks, slots)`` groups -> task and slot counts (batch-api-routes.md §9.2)."""
     tasks_by: dict[str, int] = dict.fromkeys(("active", "running", "completed", "succeeded", "failed"), 0)
     slots_by = dict(tasks_by)
-    for state, result, slots in tasks:
+    for state, result, tasks, slots in groups:
         keys = ["running" if state == "preparing" else state]
         if state == "completed":
             keys.append("succeeded" if result == "success" else "failed")
         for key in keys:
-            tasks_by[key] += 1
+            tasks_by[key] += tasks
             slots_by[key] += slots
     return TaskCounts(StateCounts(**tasks_by), StateCounts(**slots_by))
 

@@ -145,8 +145,7 @@ class MemoryStore:
                     out.append(Rejected(task.id, "TaskExists"))
                     continue
                 self._task_seq += 1
-                rec = common.new_task(job.id, dataclasses.replace(task, body=body), self._task_seq,
-                                      self._etags.next(now), now)
+                rec = common.new_task(job.id, task, self._task_seq, self._etags.next(now), now, body=body)
                 table[id_key(task.id)] = rec
                 out.append(rec)
             return out
@@ -206,7 +205,7 @@ class MemoryStore:
     def task_counts(self, job_id: str) -> TaskCounts:
         with self._lock:
             self._job(job_id)
-            rows = [(t.state, str(t.execution_info.result) if t.execution_info.result else None, t.required_slots)
+            rows = [(t.state, str(t.execution_info.result) if t.execution_info.result else None, 1, t.required_slots)
                     for t in self._tasks[id_key(job_id)].values()]
         return common.count(rows)
 

@@ -69,6 +69,7 @@ CREATE TABLE tasks (
     UNIQUE (job_seq, key)
 );
 CREATE INDEX tasks_by_job_state ON tasks (job_seq, state, seq);
+CREATE INDEX tasks_counts ON tasks (job_seq, state, result, required_slots);
 CREATE INDEX tasks_by_state ON tasks (state, seq);
 CREATE INDEX tasks_by_number ON tasks (job_seq, id_num) WHERE id_num IS NOT NULL;
 CREATE TABLE prep_release (

@@ -16,7 +16,6 @@ here are task definitions with secrets), or decide lifecycle rules (``Expect`` c
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import threading
@@ -24,10 +23,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-from agent.status import ExecutionInfo
-from agent.store import common, files, schema
+from agent.store import common, files, rows, schema
 from agent.store.protocol import MAX_RESULTS
 from agent.store.records import (
     ATTEMPT_KINDS,
@@ -60,47 +58,6 @@ from agent.store.records import (
 
 DB_NAME = "state.db"
 Synchronous = Literal["FULL", "NORMAL"]
-
-_JOB_COLS = ("seq, id, body, state, etag, creation_time, last_modified, state_transition_time, previous_state, "
-             "previous_state_transition_time, priority, uses_task_dependencies, on_all_tasks_complete, "
-             "on_task_failure, execution_info")
-_TASK_COLS = ("t.seq, t.id, t.body, t.state, t.etag, t.creation_time, t.last_modified, t.state_transition_time, "
-              "t.previous_state, t.previous_state_transition_time, t.required_slots, t.execution_info, "
-              "t.node_info, t.dependency_action")
-_INT64 = 2**63 - 1
-_R = TypeVar("_R", JobRecord, TaskRecord)
-
-
-def _t(value: int | None) -> datetime | None:
-    return None if value is None else common.from_micros(value)
-
-
-def _job(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        id=row[1], seq=row[0], body=json.loads(row[2]), state=row[3], etag=row[4],
-        creation_time=common.from_micros(row[5]), last_modified=common.from_micros(row[6]),
-        state_transition_time=common.from_micros(row[7]), previous_state=row[8],
-        previous_state_transition_time=_t(row[9]), priority=row[10], uses_task_dependencies=bool(row[11]),
-        on_all_tasks_complete=row[12], on_task_failure=row[13], execution_info=json.loads(row[14]))
-
-
-def _task(job_id: str, row: Sequence[Any]) -> TaskRecord:
-    return TaskRecord(
-        job_id=job_id, id=row[1], seq=row[0], body=json.loads(row[2]), state=row[3], etag=row[4],
-        creation_time=common.from_micros(row[5]), last_modified=common.from_micros(row[6]),
-        state_transition_time=common.from_micros(row[7]), previous_state=row[8],
-        previous_state_transition_time=_t(row[9]), required_slots=row[10],
-        execution_info=ExecutionInfo.from_json(json.loads(row[11])),
-        node_info=None if row[12] is None else json.loads(row[12]), dependency_action=row[13])
-
-
-def _us(value: datetime | None) -> int | None:
-    return None if value is None else common.to_micros(value)
-
-
-def _result(rec: TaskRecord) -> str | None:
-    return str(rec.execution_info.result) if rec.execution_info.result else None
-
 
 class SqliteStore:
     def __init__(self, state_dir: Path, *, synchronous: Synchronous = "FULL",
@@ -158,18 +115,18 @@ class SqliteStore:
                 self._conn.execute("COMMIT")
 
     def _job_row(self, conn: sqlite3.Connection, job_id: str) -> JobRecord:
-        row = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE key = ?", (id_key(job_id),)).fetchone()
+        row = conn.execute(f"SELECT {rows.JOB_COLS} FROM jobs WHERE key = ?", (id_key(job_id),)).fetchone()
         if row is None:
             raise JobNotFound(job_id)
-        return _job(row)
+        return rows.job(row)
 
     def _task_row(self, conn: sqlite3.Connection, job_id: str, task_id: str) -> TaskRecord:
         job = self._job_row(conn, job_id)
-        row = conn.execute(f"SELECT {_TASK_COLS} FROM tasks t WHERE t.job_seq = ? AND t.key = ?",
+        row = conn.execute(f"SELECT {rows.TASK_COLS} FROM tasks t WHERE t.job_seq = ? AND t.key = ?",
                            (job.seq, id_key(task_id))).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
-        return _task(job.id, row)
+        return rows.task(job.id, row)
 
     # ---- jobs
     def add_job(self, job: NewJob) -> JobRecord:
@@ -181,13 +138,13 @@ class SqliteStore:
                     "INSERT INTO jobs (key, id, state, etag, creation_time, last_modified, state_transition_time, "
                     "priority, uses_task_dependencies, on_all_tasks_complete, on_task_failure, body, execution_info)"
                     " VALUES (?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (id_key(job.id), job.id, rec.etag, _us(now), _us(now), _us(now), rec.priority,
+                    (id_key(job.id), job.id, rec.etag, rows.us(now), rows.us(now), rows.us(now), rec.priority,
                      int(rec.uses_task_dependencies), rec.on_all_tasks_complete, rec.on_task_failure,
                      common.dumps(rec.body), common.dumps(rec.execution_info)))
             except sqlite3.IntegrityError:
                 raise JobExists(job.id) from None
             assert cur.lastrowid is not None
-            return _with_seq(rec, cur.lastrowid)
+            return rows.with_seq(rec, cur.lastrowid)
 
     def get_job(self, job_id: str) -> JobRecord:
         with self._read() as conn:
@@ -196,12 +153,12 @@ class SqliteStore:
     def list_jobs(self, *, states: frozenset[str] | None = None, max_results: int = MAX_RESULTS,
                   token: str | None = None, match: Callable[[JobRecord], bool] | None = None) -> Page[JobRecord]:
         after = (common.decode_token(token, 1) or (0,))[0]
-        where, args = _states("state", states)
+        where, args = rows.states("state", states)
         limit = "" if match else f" LIMIT {int(max_results) + 1}"
         with self._read() as conn:
-            cur = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE seq > ?{where} ORDER BY seq{limit}",
+            cur = conn.execute(f"SELECT {rows.JOB_COLS} FROM jobs WHERE seq > ?{where} ORDER BY seq{limit}",
                                (after, *args))
-            return common.walk((_job(r) for r in cur), max_results, match, lambda j: (j.seq,))
+            return common.walk((rows.job(r) for r in cur), max_results, match, lambda j: (j.seq,))
 
     def transition_job(self, job_id: str, expect: Expect, changes: JobChanges) -> JobRecord | Conflict[JobRecord]:
         if changes.state is not UNSET:
@@ -216,8 +173,8 @@ class SqliteStore:
                 "UPDATE jobs SET state = ?, etag = ?, last_modified = ?, state_transition_time = ?, "
                 "previous_state = ?, previous_state_transition_time = ?, priority = ?, on_all_tasks_complete = ?, "
                 "on_task_failure = ?, body = ?, execution_info = ? WHERE seq = ?",
-                (new.state, new.etag, _us(now), _us(new.state_transition_time), new.previous_state,
-                 _us(new.previous_state_transition_time), new.priority, new.on_all_tasks_complete,
+                (new.state, new.etag, rows.us(now), rows.us(new.state_transition_time), new.previous_state,
+                 rows.us(new.previous_state_transition_time), new.priority, new.on_all_tasks_complete,
                  new.on_task_failure, common.dumps(new.body), common.dumps(new.execution_info), rec.seq))
             return new
 
@@ -249,21 +206,22 @@ class SqliteStore:
                 return Conflict(job)
             now = self._clock()
             for task in tasks:
-                rec = common.new_task(job.id, task, 0, self._etags.next(now), now)
+                text = common.dumps(task.body)                 # encoded once: stored, and copied for the record
+                rec = common.new_task(job.id, task, 0, self._etags.next(now), now, body=json.loads(text))
                 number = common.int_id(task.id)
                 try:
                     cur = conn.execute(
                         "INSERT INTO tasks (job_seq, key, id, id_num, state, etag, creation_time, last_modified, "
                         "state_transition_time, required_slots, body, execution_info) "
                         "VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
-                        (job.seq, id_key(task.id), task.id, number if number is not None and number <= _INT64 else None,
-                         rec.etag, _us(now), _us(now), _us(now), rec.required_slots, common.dumps(rec.body),
-                         common.dumps(rec.execution_info.to_json())))
+                        (job.seq, id_key(task.id), task.id, number if number is not None and number <= rows.INT64
+                         else None, rec.etag, rows.us(now), rows.us(now), rows.us(now), rec.required_slots, text,
+                         rows.EMPTY_EXECUTION_INFO))
                 except sqlite3.IntegrityError:
                     out.append(Rejected(task.id, "TaskExists"))
                     continue
                 assert cur.lastrowid is not None
-                out.append(_with_seq(rec, cur.lastrowid))
+                out.append(rows.with_seq(rec, cur.lastrowid))
         return out
 
     def get_task(self, job_id: str, task_id: str) -> TaskRecord:
@@ -275,27 +233,27 @@ class SqliteStore:
         keys, found = sorted({id_key(i) for i in ids}), {}
         with self._read() as conn:
             job = self._job_row(conn, job_id)
-            select = f"SELECT {_TASK_COLS} FROM tasks t WHERE t.job_seq = ? AND "
+            select = f"SELECT {rows.TASK_COLS} FROM tasks t WHERE t.job_seq = ? AND "
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 for row in conn.execute(select + f"t.key IN ({','.join('?' * len(chunk))})", (job.seq, *chunk)):
-                    found[row[0]] = _task(job.id, row)
+                    found[row[0]] = rows.task(job.id, row)
             for lo, hi in ranges:
                 for row in conn.execute(select + "t.id_num BETWEEN ? AND ?", (job.seq, lo, hi)):
-                    found[row[0]] = _task(job.id, row)
+                    found[row[0]] = rows.task(job.id, row)
         return [found[seq] for seq in sorted(found)]
 
     def list_tasks(self, job_id: str, *, states: frozenset[str] | None = None, max_results: int = MAX_RESULTS,
                    token: str | None = None, match: Callable[[TaskRecord], bool] | None = None,
                    ) -> Page[TaskRecord]:
         after = (common.decode_token(token, 1) or (0,))[0]
-        where, args = _states("t.state", states)
+        where, args = rows.states("t.state", states)
         limit = "" if match else f" LIMIT {int(max_results) + 1}"
         with self._read() as conn:
             job = self._job_row(conn, job_id)
-            cur = conn.execute(f"SELECT {_TASK_COLS} FROM tasks t WHERE t.job_seq = ? AND t.seq > ?{where} "
+            cur = conn.execute(f"SELECT {rows.TASK_COLS} FROM tasks t WHERE t.job_seq = ? AND t.seq > ?{where} "
                                f"ORDER BY t.seq{limit}", (job.seq, after, *args))
-            return common.walk((_task(job.id, r) for r in cur), max_results, match, lambda t: (t.seq,))
+            return common.walk((rows.task(job.id, r) for r in cur), max_results, match, lambda t: (t.seq,))
 
     def transition_task(self, job_id: str, task_id: str, expect: Expect,
                         changes: TaskChanges) -> TaskRecord | Conflict[TaskRecord]:
@@ -311,9 +269,9 @@ class SqliteStore:
                 "UPDATE tasks SET state = ?, result = ?, etag = ?, last_modified = ?, state_transition_time = ?, "
                 "previous_state = ?, previous_state_transition_time = ?, required_slots = ?, body = ?, "
                 "execution_info = ?, node_info = ?, dependency_action = ? WHERE seq = ?",
-                (new.state, _result(new), new.etag, _us(now), _us(new.state_transition_time), new.previous_state,
-                 _us(new.previous_state_transition_time), new.required_slots, common.dumps(new.body),
-                 common.dumps(new.execution_info.to_json()),
+                (new.state, rows.result(new), new.etag, rows.us(now), rows.us(new.state_transition_time),
+                 new.previous_state, rows.us(new.previous_state_transition_time), new.required_slots,
+                 common.dumps(new.body), common.dumps(new.execution_info.to_json()),
                  None if new.node_info is None else common.dumps(new.node_info), new.dependency_action, rec.seq))
             if changes.attempt is not None:
                 self._save_attempt(conn, changes.attempt)
@@ -332,32 +290,33 @@ class SqliteStore:
     def task_counts(self, job_id: str) -> TaskCounts:
         with self._read() as conn:
             job = self._job_row(conn, job_id)
-            rows = conn.execute("SELECT state, result, required_slots FROM tasks WHERE job_seq = ?", (job.seq,))
+            rows = conn.execute("SELECT state, result, count(*), sum(required_slots) FROM tasks WHERE job_seq = ? "
+                                "GROUP BY state, result", (job.seq,))
             return common.count(rows)
 
     # ---- scheduling
     def slots_in_use(self) -> int:
-        where, args = _states("state", RUNNING_STATES)
+        where, args = rows.states("state", RUNNING_STATES)
         with self._read() as conn:
             total: int = conn.execute(f"SELECT coalesce(sum(required_slots), 0) FROM tasks WHERE 1{where}",
                                       args).fetchone()[0]
             return total
 
     def next_runnable(self, limit: int, token: str | None = None) -> Page[TaskRecord]:
-        after = common.decode_token(token, 2) or (-_INT64, 0)
+        after = common.decode_token(token, 2) or (-rows.INT64, 0)
         with self._read() as conn:
             cur = conn.execute(
-                f"SELECT -j.priority, j.id, {_TASK_COLS} FROM tasks t JOIN jobs j ON t.job_seq = j.seq "
+                f"SELECT -j.priority, j.id, {rows.TASK_COLS} FROM tasks t JOIN jobs j ON t.job_seq = j.seq "
                 "WHERE t.state = 'active' AND j.state = 'active' AND (-j.priority, t.seq) > (?, ?) "
                 f"ORDER BY j.priority DESC, t.seq LIMIT {int(limit) + 1}", after)
             order: dict[int, tuple[int, int]] = {}
 
-            def rows() -> Iterator[TaskRecord]:
+            def records() -> Iterator[TaskRecord]:
                 for row in cur:
                     order[row[2]] = (row[0], row[2])
-                    yield _task(row[1], row[2:])
+                    yield rows.task(row[1], row[2:])
 
-            return common.walk(rows(), limit, None, lambda t: order[t.seq])
+            return common.walk(records(), limit, None, lambda t: order[t.seq])
 
     # ---- prep / release
     def get_prep_release(self, job_id: str) -> PrepReleaseRecord | None:
@@ -387,7 +346,7 @@ class SqliteStore:
             rel = common.pick(release, current.release if current else None)
             new = PrepReleaseRecord(job.id, self._etags.next(now), now, prep, rel)
             conn.execute("INSERT OR REPLACE INTO prep_release (job_seq, etag, last_modified, preparation, release) "
-                         "VALUES (?, ?, ?, ?, ?)", (job.seq, new.etag, _us(now),
+                         "VALUES (?, ?, ?, ?, ?)", (job.seq, new.etag, rows.us(now),
                                                     None if prep is None else common.dumps(prep),
                                                     None if rel is None else common.dumps(rel)))
             return new
@@ -399,7 +358,7 @@ class SqliteStore:
         conn.execute("INSERT OR REPLACE INTO attempts (kind, job_key, task_key, number, job_id, task_id, handle, "
                      "started, ended) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (a.kind, id_key(a.job_id), id_key(a.task_id), a.number, a.job_id, a.task_id,
-                      common.dumps(a.handle), _us(a.started), _us(a.ended)))
+                      common.dumps(a.handle), rows.us(a.started), rows.us(a.ended)))
 
     def save_attempt(self, attempt: Attempt) -> None:
         with self._write() as conn:
@@ -407,8 +366,10 @@ class SqliteStore:
 
     def end_attempt(self, attempt: Attempt, ended: datetime) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE attempts SET ended = ? WHERE kind = ? AND job_key = ? AND task_key = ? AND number = ?",
-                         (_us(ended), attempt.kind, id_key(attempt.job_id), id_key(attempt.task_id), attempt.number))
+            conn.execute("UPDATE attempts SET ended = ? "
+                         "WHERE kind = ? AND job_key = ? AND task_key = ? AND number = ?",
+                         (rows.us(ended), attempt.kind, id_key(attempt.job_id), id_key(attempt.task_id),
+                          attempt.number))
 
     def open_attempts(self) -> list[Attempt]:
         with self._read() as conn:
@@ -419,14 +380,3 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-def _states(column: str, states: frozenset[str] | None) -> tuple[str, tuple[str, ...]]:
-    if states is None:
-        return "", ()
-    ordered = tuple(sorted(states))
-    return f" AND {column} IN ({','.join('?' * len(ordered))})" if ordered else " AND 0", ordered
-
-
-def _with_seq(rec: _R, seq: int) -> _R:
-    return dataclasses.replace(rec, seq=seq)
