@@ -99,6 +99,16 @@ def test_filter_refused(text: str, reason: str) -> None:
     assert reason in values["Reason"], values["Reason"]
 
 
+def test_filter_size_and_depth_are_bounded() -> None:
+    deep = "(" * 40 + "state eq 'active'" + ")" * 40
+    for text, reason in ((deep, "nested deeper"), ("not " * 40 + "state eq 'a'", "nested deeper"),
+                         ("state eq '" + "a" * 5000 + "'", "longer than")):
+        with pytest.raises(BatchApiError) as info:
+            parse_filter(text, TASK_FILTERS)
+        assert reason in dict(info.value.values)["Reason"]
+    assert parse_filter("(" * 10 + "state eq 'active'" + ")" * 10, TASK_FILTERS) is not None
+
+
 def test_blank_filter_is_none() -> None:
     assert parse_filter(None, TASK_FILTERS) is None and parse_filter("  ", TASK_FILTERS) is None
 

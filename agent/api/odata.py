@@ -33,6 +33,8 @@ from agent.api.formats import parse_http_date
 from agent.status import parse_time
 
 MAX_RESULTS = 1000
+MAX_FILTER_LENGTH = 4096   # a client's filter, not a program: bounded so parsing is cheap
+MAX_FILTER_DEPTH = 32
 Operator = Literal["eq", "ne", "gt", "ge", "lt", "le", "startswith"]
 PropertyType = Literal["string", "int", "datetime", "bool"]
 ALL_COMPARE: frozenset[str] = frozenset({"eq", "ne", "gt", "ge", "lt", "le"})
@@ -40,7 +42,7 @@ ALL_COMPARE: frozenset[str] = frozenset({"eq", "ne", "gt", "ge", "lt", "le"})
 
 @dataclass(frozen=True, slots=True)
 class Filterable:
-    """One property a route's ``$filter`` may use: its JSON path, type and operators."""
+    """One property a route's ``$filter`` may use (keyed by its path, e.g. ``executionInfo/exitCode``)."""
 
     type: PropertyType
     operators: frozenset[str]
@@ -132,6 +134,7 @@ class _Parser:
     def __init__(self, text: str, allowed: Mapping[str, Filterable]) -> None:
         self.tokens = self._lex(text)
         self.pos = 0
+        self.depth = 0
         self.allowed = allowed
 
     @staticmethod
@@ -186,6 +189,15 @@ class _Parser:
         return expr
 
     def unary(self) -> Expr:
+        self.depth += 1
+        if self.depth > MAX_FILTER_DEPTH:
+            raise _FilterError(f"nested deeper than {MAX_FILTER_DEPTH} levels")
+        try:
+            return self._unary()
+        finally:
+            self.depth -= 1
+
+    def _unary(self) -> Expr:
         if self.at_word("not"):
             self.pos += 1
             return Not(self.unary())
@@ -258,6 +270,8 @@ def parse_filter(text: str | None, allowed: Mapping[str, Filterable]) -> Expr | 
     """Parse ``$filter`` for a route that allows ``allowed``; ``None`` when absent or blank."""
     if text is None or not text.strip():
         return None
+    if len(text) > MAX_FILTER_LENGTH:
+        raise query_error("$filter", text, f"longer than {MAX_FILTER_LENGTH} characters")
     try:
         return _Parser(text, allowed).parse()
     except _FilterError as exc:
