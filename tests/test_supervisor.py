@@ -194,12 +194,12 @@ async def test_agent_killed_then_reattached_keeps_the_real_exit_code(
     first.kill()                                         # the agent dies mid-wait
     first.wait()
     assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    assert (root / "job_task_1_x.out").read_text() == "started\n"
     second = _agent(agents, root, "wait:job_task_1_x")          # a new agent re-attaches by attempt id
     with open(gate, "w") as fifo:                        # the task holds the read end: no blocking
         fifo.write("go\n")
     assert await _line(second) == "result Exited(code=42)"
     assert second.wait() == 0
+    assert (root / "job_task_1_x.out").read_text() == "started\n"
 
 
 async def test_supervisor_killed_reports_lost_never_success(root: Path, client: SupervisorClient) -> None:

@@ -261,25 +261,33 @@ class Supervisor:
         with contextlib.suppress(BlockingIOError):
             while os.read(self.wake_r, 512):
                 pass
+        done: list[tuple[str, int]] = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             attempt = self.by_pid.pop(pid, None)
             if attempt is None:
                 continue                                # an orphan of some task's tree
             child = self.running.pop(attempt)
             child.returncode = code = exit_code(status)  # keeps Popen from waiting on it again
-            self._record(attempt, pid, code)            # durable before anyone hears of it
+            self._record(attempt, pid, code)
+            done.append((attempt, code))
+        if not done:
+            return
+        with contextlib.suppress(OSError):
+            os.fsync(self.exits_fd)                     # the renames: durable before anyone hears
+        for attempt, code in done:
             for conn in self.waiters.pop(attempt, []):
                 conn.waiting = None
                 self._send(conn, {"ok": True, "state": "exited", "code": code})
                 self._serve(conn)
 
     def _record(self, attempt: str, pid: int, code: int) -> None:
+        """Write ``exits/<attempt>`` (fsync, rename); the caller fsyncs the directory once."""
         self.exited[attempt] = code
         tmp = f".{attempt}.tmp"                          # ids never start with a dot
         try:
@@ -291,7 +299,6 @@ class Supervisor:
             finally:
                 os.close(fd)
             os.rename(tmp, attempt, src_dir_fd=self.exits_fd, dst_dir_fd=self.exits_fd)
-            os.fsync(self.exits_fd)
         except OSError as exc:
             _log("exit record not written", attempt=attempt, code=code, error=exc.strerror)
 
