@@ -139,7 +139,8 @@ def main() -> None:
     rng = random.Random(8)
     probe = [rng.choice(IDS) for _ in range(GETS)]
     try:
-        print(f"== agent.store, {N} tasks of ~{len(json.dumps(BODIES[0]))} B JSON, batches of {BATCH}")
+        print(f"== agent.store, {N} tasks of ~{len(json.dumps(BODIES[0]))} B JSON, batches of {BATCH} "
+              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: p99s follow the load)")
         stores, raws = {}, {}
         for sync in ("FULL", "NORMAL"):
             stores[sync], ours = fill_store(base / f"state-{sync}", sync)

@@ -203,6 +203,28 @@ def test_bodies_are_private_copies(store: Store) -> None:
         store.get_task("Job1", "u")
 
 
+def test_records_handed_out_are_the_callers_to_mutate(store: Store, clock: Clock) -> None:
+    job(store)
+    ok(store.add_task("Job1", task("t")))
+    store.transition_task("Job1", "t", ANY, TaskChanges(node_info={"nodeId": "n"}))
+    store.put_prep_release("Job1", None, preparation={"state": "running"})
+    store.save_attempt(Attempt("task", "Job1", "t", 1, {"pid": 1}, clock()))
+    got = store.get_task("Job1", "t")
+    got.body["commandLine"] = "changed"  # type: ignore[index]
+    got.node_info["nodeId"] = "changed"  # type: ignore[index]
+    store.list_tasks("Job1").items[0].body["id"] = "changed"  # type: ignore[index]
+    store.get_job("Job1").body["id"] = "changed"  # type: ignore[index]
+    prep = store.get_prep_release("Job1")
+    assert prep is not None and prep.preparation is not None
+    prep.preparation["state"] = "changed"  # type: ignore[index]
+    store.open_attempts()[0].handle["pid"] = 99  # type: ignore[index]
+    again = store.get_task("Job1", "t")
+    assert again.body == {"id": "t", "commandLine": "/bin/true"} and again.node_info == {"nodeId": "n"}
+    assert store.get_job("Job1").body["id"] == "Job1"
+    assert store.get_prep_release("Job1").preparation == {"state": "running"}  # type: ignore[union-attr]
+    assert store.open_attempts()[0].handle == {"pid": 1}
+
+
 def test_transition_task_is_compare_and_swap(store: Store, clock: Clock) -> None:
     job(store)
     added = ok(store.add_task("Job1", task("t")))

@@ -3,6 +3,7 @@ schema version and its in-place upgrade, a second connection racing for the same
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -22,6 +23,8 @@ from agent.store import (
     NewTask,
     SchemaTooNew,
     SqliteStore,
+    StoreError,
+    StoreThread,
     StoreUnsafe,
     TaskChanges,
     TaskRecord,
@@ -177,6 +180,40 @@ def test_two_connections_one_compare_and_swap_wins(tmp_path: Path) -> None:
     assert stores[1].get_task("j", "t") == winners[0]
     for s in stores:
         s.close()
+
+
+def test_a_lock_held_past_busy_timeout_is_a_store_error(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s", busy_timeout_ms=50)
+    store.add_job(NewJob("j", {}))
+    other = sqlite3.connect(tmp_path / "s" / DB_NAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreError, match="write failed: database is locked"):
+        store.add_task("j", NewTask("t", {}))
+    other.execute("ROLLBACK")
+    other.close()
+    assert isinstance(store.add_task("j", NewTask("t", {})), TaskRecord)
+    store.close()
+
+
+async def test_a_blocked_write_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    """While another connection holds the write lock, our write waits on the store thread and the
+    loop keeps serving (here: other coroutines, and reads queued behind are answered after)."""
+    store = SqliteStore(tmp_path / "s")
+    store.add_job(NewJob("j", {}))
+    bridge = StoreThread(store)
+    other = sqlite3.connect(tmp_path / "s" / DB_NAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    write = asyncio.create_task(bridge.run(lambda s: s.add_task("j", NewTask("t", {}))))
+    ticks = 0
+    while ticks < 100:                            # the loop runs many times while the write waits
+        await asyncio.sleep(0)
+        ticks += 1
+    assert not write.done()
+    other.execute("COMMIT")
+    other.close()
+    assert isinstance(await write, TaskRecord)
+    assert (await bridge.run(lambda s: s.get_task("j", "t"))).id == "t"
+    await bridge.aclose()
 
 
 def test_nothing_is_logged_and_secrets_stay_in_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

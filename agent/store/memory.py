@@ -1,7 +1,9 @@
 """``MemoryStore``: the ``Store`` protocol in a process's memory, for pure tests of the scheduler
 and the API (no file, nothing survives the process).
 
-Owns: dicts of records behind one lock, so each call is atomic like a transaction. Must not:
+Owns: dicts of records behind one lock, so each call is atomic like a transaction; what it
+hands out is a copy (``_fresh``), as SQLite's rows are, so a caller mutating a body cannot
+change the store behind its back. Must not:
 differ from ``SqliteStore`` in any observable way; both run the contract tests in
 ``tests/test_store.py``. The rules of a write live in ``agent.store.common``.
 """
@@ -9,9 +11,11 @@ differ from ``SqliteStore`` in any observable way; both run the contract tests i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
 
 from agent.store import common
 from agent.store.protocol import MAX_RESULTS
@@ -44,6 +48,38 @@ from agent.store.records import (
 )
 
 _AttemptKey = tuple[str, str, str, int]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a result whose JSON parts the caller may mutate, as SQLite's fresh rows allow."""
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, Page):
+        return Page(tuple(_copy(v) for v in value.items), value.next_token)
+    if isinstance(value, Conflict):
+        return Conflict(_copy(value.current))
+    if isinstance(value, JobRecord):
+        return dataclasses.replace(value, body=common.copy_json(value.body),
+                                   execution_info=common.copy_json(value.execution_info))
+    if isinstance(value, TaskRecord):
+        return dataclasses.replace(value, body=common.copy_json(value.body),
+                                   node_info=common.pick(value.node_info, None))
+    if isinstance(value, PrepReleaseRecord):
+        return dataclasses.replace(value, preparation=common.pick(value.preparation, None),
+                                   release=common.pick(value.release, None))
+    if isinstance(value, Attempt):
+        return dataclasses.replace(value, handle=common.copy_json(value.handle))
+    return value
+
+
+def _fresh(method: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        result: T = _copy(method(*args, **kwargs))
+        return result
+    return wrapper
 
 
 class MemoryStore:
@@ -73,6 +109,7 @@ class MemoryStore:
             raise TaskNotFound(task_id) from None
 
     # ---- jobs
+    @_fresh
     def add_job(self, job: NewJob) -> JobRecord:
         with self._lock:
             if id_key(job.id) in self._jobs:
@@ -84,10 +121,12 @@ class MemoryStore:
             self._tasks[id_key(job.id)] = {}
             return rec
 
+    @_fresh
     def get_job(self, job_id: str) -> JobRecord:
         with self._lock:
             return self._job(job_id)
 
+    @_fresh
     def list_jobs(self, *, states: frozenset[str] | None = None, max_results: int = MAX_RESULTS,
                   token: str | None = None, match: Callable[[JobRecord], bool] | None = None) -> Page[JobRecord]:
         after = (common.decode_token(token, 1) or (0,))[0]
@@ -96,6 +135,7 @@ class MemoryStore:
                           key=lambda j: j.seq)
         return common.walk(iter(rows), max_results, match, lambda j: (j.seq,))
 
+    @_fresh
     def transition_job(self, job_id: str, expect: Expect, changes: JobChanges) -> JobRecord | Conflict[JobRecord]:
         if changes.state is not UNSET:
             common.check_state(changes.state, JOB_STATES, "job state")
@@ -108,6 +148,7 @@ class MemoryStore:
             self._jobs[id_key(job_id)] = new
             return new
 
+    @_fresh
     def delete_job(self, job_id: str, expect: Expect) -> Conflict[JobRecord] | None:
         with self._lock:
             rec = self._job(job_id)
@@ -130,6 +171,7 @@ class MemoryStore:
             raise TaskExists(task.id)
         return result[0]
 
+    @_fresh
     def add_tasks(self, job_id: str, tasks: Sequence[NewTask], *, job_states: frozenset[str] | None = None,
                   ) -> list[TaskRecord | Rejected] | Conflict[JobRecord]:
         bodies = [common.copy_json(t.body) for t in tasks]            # all or nothing: check first
@@ -150,10 +192,12 @@ class MemoryStore:
                 out.append(rec)
             return out
 
+    @_fresh
     def get_task(self, job_id: str, task_id: str) -> TaskRecord:
         with self._lock:
             return self._task(job_id, task_id)
 
+    @_fresh
     def find_tasks(self, job_id: str, ids: Iterable[str] = (),
                    ranges: Iterable[tuple[int, int]] = ()) -> list[TaskRecord]:
         keys, spans = {id_key(i) for i in ids}, list(ranges)
@@ -166,6 +210,7 @@ class MemoryStore:
                     out.append(rec)
         return sorted(out, key=lambda t: t.seq)
 
+    @_fresh
     def list_tasks(self, job_id: str, *, states: frozenset[str] | None = None, max_results: int = MAX_RESULTS,
                    token: str | None = None, match: Callable[[TaskRecord], bool] | None = None,
                    ) -> Page[TaskRecord]:
@@ -176,6 +221,7 @@ class MemoryStore:
                            if t.seq > after and (states is None or t.state in states)), key=lambda t: t.seq)
         return common.walk(iter(rows), max_results, match, lambda t: (t.seq,))
 
+    @_fresh
     def transition_task(self, job_id: str, task_id: str, expect: Expect,
                         changes: TaskChanges) -> TaskRecord | Conflict[TaskRecord]:
         if changes.state is not UNSET:
@@ -191,6 +237,7 @@ class MemoryStore:
             self._tasks[id_key(job_id)][id_key(task_id)] = new
             return new
 
+    @_fresh
     def delete_task(self, job_id: str, task_id: str, expect: Expect) -> Conflict[TaskRecord] | None:
         with self._lock:
             rec = self._task(job_id, task_id)
@@ -215,6 +262,7 @@ class MemoryStore:
             return sum(t.required_slots for table in self._tasks.values() for t in table.values()
                        if t.state in RUNNING_STATES)
 
+    @_fresh
     def next_runnable(self, limit: int, token: str | None = None) -> Page[TaskRecord]:
         after = common.decode_token(token, 2)
         with self._lock:
@@ -225,11 +273,13 @@ class MemoryStore:
         return common.walk(keyed, limit, None, lambda t: order[t.seq])
 
     # ---- prep / release
+    @_fresh
     def get_prep_release(self, job_id: str) -> PrepReleaseRecord | None:
         with self._lock:
             self._job(job_id)
             return self._prep.get(id_key(job_id))
 
+    @_fresh
     def put_prep_release(self, job_id: str, expect_etag: str | None, *,
                          preparation: Json | _Unset | None = UNSET, release: Json | _Unset | None = UNSET,
                          ) -> PrepReleaseRecord | Conflict[PrepReleaseRecord | None]:
@@ -261,6 +311,7 @@ class MemoryStore:
             if key in self._attempts:
                 self._attempts[key] = dataclasses.replace(self._attempts[key], ended=ended)
 
+    @_fresh
     def open_attempts(self) -> list[Attempt]:
         with self._lock:
             return sorted((a for a in self._attempts.values() if a.ended is None),

@@ -46,6 +46,7 @@ from agent.store.records import (
     Page,
     PrepReleaseRecord,
     Rejected,
+    StoreError,
     StoreUnsafe,
     TaskChanges,
     TaskCounts,
@@ -89,7 +90,7 @@ class SqliteStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; the eTag clock's last tick is read and written inside it."""
-        with self._lock:
+        with self._lock, _faults("write"):
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -107,7 +108,7 @@ class SqliteStore:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: a consistent snapshot across the statements of one call."""
-        with self._lock:
+        with self._lock, _faults("read"):
             self._conn.execute("BEGIN")
             try:
                 yield self._conn
@@ -380,3 +381,15 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+@contextmanager
+def _faults(what: str) -> Iterator[None]:
+    """SQLite's own errors (locked past busy_timeout, disk full, I/O error) as StoreError.
+
+    Their messages name tables and columns, never values, so they may be shown.
+    """
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"the state database {what} failed: {exc}") from exc
