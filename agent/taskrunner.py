@@ -16,13 +16,13 @@ the concrete runners and hooks and hands them in.
 from __future__ import annotations
 
 import asyncio
-import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from agent import cmdline
 from agent.config import AgentConfig
 from agent.environment import NodeIdentity, TaskEnvRequest, task_environment
 from agent.exits import Outcome, decide, job_effect
@@ -71,8 +71,9 @@ def limits_for(spec: TaskBase, job: JobSpec | None) -> Limits:
 
 
 def split_command(command_line: str) -> tuple[str, ...]:
-    """POSIX word splitting without any expansion (§3; exact Batch rules UNCONFIRMED)."""
-    return tuple(shlex.split(command_line, posix=True))
+    """POSIX word splitting without any expansion (§3; exact Batch rules UNCONFIRMED), as
+    ``shlex.split`` does it but in linear time (``agent.cmdline``)."""
+    return tuple(cmdline.split(command_line))
 
 
 @dataclass(slots=True)

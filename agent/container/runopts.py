@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from agent import cmdline
+
 _WHERE = "containerSettings.containerRunOptions"
 
 
@@ -444,8 +446,8 @@ def _split(token: str) -> tuple[str, str | None]:
 def parse_run_options(text: str | None, env: Mapping[str, str]) -> RunOptions:
     """Parse ``containerRunOptions``; ``env`` is the task environment (for ``$VAR`` and ``-e NAME``)."""
     try:
-        raw = shlex.split(text or "")
-        tokens = shlex.split(_expand(text or "", env))
+        raw = cmdline.split(text or "")
+        tokens = cmdline.split(_expand(text or "", env))
     except ValueError as exc:
         raise RunOptionsError("", f"cannot split into arguments ({exc}); quote as in a POSIX shell") from None
     assert len(raw) == len(tokens), "an expanded value is quoted, so the word count cannot change"
