@@ -614,34 +614,35 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("id-missing", {"commandLine": "x"}, "id", "required field is missing"),
     ("commandLine-missing", {"id": "t"}, "commandLine", "required field is missing"),
     ("displayName-1025", task(displayName="x" * 1025), "displayName", "1024"),
-    ("two-sources", task(resourceFiles=[{"httpUrl": "u", "storageContainerUrl": "s", "filePath": "f"}]),
+    ("two-sources", task(resourceFiles=[{"httpUrl": "http://h/u", "storageContainerUrl": "http://h/s",
+                                         "filePath": "f"}]),
      "resourceFiles[0]",
      "exactly one of httpUrl, storageContainerUrl, autoStorageContainerName (got httpUrl, "
      "storageContainerUrl)"),
-    ("three-sources", task(resourceFiles=[{"httpUrl": "u", "storageContainerUrl": "s",
+    ("three-sources", task(resourceFiles=[{"httpUrl": "http://h/u", "storageContainerUrl": "http://h/s",
                                            "autoStorageContainerName": "a", "filePath": "f"}]),
      "resourceFiles[0]", "exactly one of"),
     ("no-source", task(resourceFiles=[{"filePath": "f"}]), "resourceFiles[0]", "(got none)"),
     ("httpUrl-needs-filePath", task(resourceFiles=[{"httpUrl": "https://x/y"}]), "resourceFiles[0]",
      "filePath is required with httpUrl"),
-    ("blobPrefix-with-httpUrl", task(resourceFiles=[{"httpUrl": "u", "filePath": "f", "blobPrefix": "p"}]),
+    ("blobPrefix-with-httpUrl", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": "f", "blobPrefix": "p"}]),
      "resourceFiles[0]", "blobPrefix applies only to storageContainerUrl or autoStorageContainerName"),
-    ("filePath-absolute", task(resourceFiles=[{"httpUrl": "u", "filePath": "/etc/passwd"}]),
+    ("filePath-absolute", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": "/etc/passwd"}]),
      "resourceFiles[0].filePath", "is absolute"),
     ("filePath-dotdot", task(resourceFiles=[{"autoStorageContainerName": "a", "filePath": "x/../../y"}]),
      "resourceFiles[0].filePath", "contains '..'"),
-    ("filePath-dotdot-only", task(resourceFiles=[{"httpUrl": "u", "filePath": ".."}]),
+    ("filePath-dotdot-only", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": ".."}]),
      "resourceFiles[0].filePath", "contains '..'"),
-    ("fileMode-8", task(resourceFiles=[{"httpUrl": "u", "filePath": "f", "fileMode": "0789"}]),
+    ("fileMode-8", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": "f", "fileMode": "0789"}]),
      "resourceFiles[0].fileMode", "not an octal mode"),
-    ("fileMode-word", task(resourceFiles=[{"httpUrl": "u", "filePath": "f", "fileMode": "rwx"}]),
+    ("fileMode-word", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": "f", "fileMode": "rwx"}]),
      "resourceFiles[0].fileMode", "not an octal mode"),
-    ("fileMode-5digits", task(resourceFiles=[{"httpUrl": "u", "filePath": "f", "fileMode": "00644"}]),
+    ("fileMode-5digits", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": "f", "fileMode": "00644"}]),
      "resourceFiles[0].fileMode", "not an octal mode"),
-    ("fileMode-int", task(resourceFiles=[{"httpUrl": "u", "filePath": "f", "fileMode": 644}]),
+    ("fileMode-int", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": "f", "fileMode": 644}]),
      "resourceFiles[0].fileMode", "string"),
     ("common-resource-file", task(multiInstanceSettings={"coordinationCommandLine": "c",
-                                                         "commonResourceFiles": [{"httpUrl": "u"}]}),
+                                                         "commonResourceFiles": [{"httpUrl": "http://h/u"}]}),
      "multiInstanceSettings.commonResourceFiles[0]", "filePath is required"),
     ("username-and-autoUser", task(userIdentity={"username": "bob", "autoUser": {"scope": "task"}}),
      "userIdentity", "username or autoUser, not both"),
@@ -675,7 +676,7 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("env-name-empty", task(environmentSettings=[{"name": ""}]), "environmentSettings[0].name", "at least 1"),
     ("env-not-list", task(environmentSettings={"A": "1"}), "environmentSettings", "list"),
     ("output-missing-options", task(outputFiles=[{"filePattern": "*", "destination": {
-        "container": {"containerUrl": "u"}}}]), "outputFiles[0].uploadOptions", "required field is missing"),
+        "container": {"containerUrl": "http://h/u"}}}]), "outputFiles[0].uploadOptions", "required field is missing"),
     ("output-container-url", task(outputFiles=[{"filePattern": "*", "destination": {"container": {}},
                                                 "uploadOptions": {"uploadCondition": "taskcompletion"}}]),
      "outputFiles[0].destination.container.containerUrl", "required field is missing"),
@@ -753,10 +754,10 @@ ACCEPTED_EDGES: list[tuple[str, dict[str, Any]]] = [
     ("id-64", task(id="a" * 64)),
     ("id-charset", task(id="Aa0-_z")),
     ("displayName-1024", task(displayName="é" * 1024)),
-    ("fileMode-3-digits", task(resourceFiles=[{"httpUrl": "u", "filePath": "f", "fileMode": "755"}])),
-    ("fileMode-4-digits", task(resourceFiles=[{"httpUrl": "u", "filePath": "f", "fileMode": "1777"}])),
-    ("filePath-dots-in-name", task(resourceFiles=[{"httpUrl": "u", "filePath": "a/..b/c..d"}])),
-    ("container-without-filePath", task(resourceFiles=[{"storageContainerUrl": "u"}])),
+    ("fileMode-3-digits", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": "f", "fileMode": "755"}])),
+    ("fileMode-4-digits", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": "f", "fileMode": "1777"}])),
+    ("filePath-dots-in-name", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": "a/..b/c..d"}])),
+    ("container-without-filePath", task(resourceFiles=[{"storageContainerUrl": "http://h/u"}])),
     ("container-prefix-only", task(resourceFiles=[{"autoStorageContainerName": "a", "blobPrefix": "x/"}])),
     ("retries-minus-one", task(constraints={"maxTaskRetryCount": -1})),
     ("exitCodeRange-single",
@@ -863,7 +864,7 @@ def test_load_document_task_job_collection(tmp_path: Path) -> None:
     (b"\xff\xfe{}", "cannot read the file"),
     (b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply"),
     (b'{"id": "t", "commandLine": "x", "requiredSlots": 1' + b"0" * 5000 + b"}",
-     "not valid JSON: Exceeds the limit"),
+     "requiredSlots: an integer of 5001 digits is too long"),
 ], ids=["truncated", "bad-value", "empty", "not-utf8", "deep", "int-over-4300-digits"])
 def test_load_document_bad_file(tmp_path: Path, content: bytes, fragment: str) -> None:
     path = tmp_path / "bad.json"
@@ -1119,7 +1120,7 @@ STRICT: list[tuple[str, dict[str, Any], str, str]] = [
     ("str-commandLine-int", task(commandLine=5), "commandLine", "must be a JSON string, not an integer"),
     ("str-id-bool", task(id=True), "id", "must be a JSON string, not a boolean"),
     ("str-displayName-float", task(displayName=1.5), "displayName", "must be a JSON string"),
-    ("str-filePath", task(resourceFiles=[{"httpUrl": "u", "filePath": 1}]), "resourceFiles[0].filePath",
+    ("str-filePath", task(resourceFiles=[{"httpUrl": "http://h/u", "filePath": 1}]), "resourceFiles[0].filePath",
      "must be a JSON string"),
     ("str-env-value", task(environmentSettings=[{"name": "A", "value": 1}]), "environmentSettings[0].value",
      "must be a JSON string, not an integer"),
@@ -1132,7 +1133,7 @@ STRICT: list[tuple[str, dict[str, Any], str, str]] = [
     ("str-registry-password", task(containerSettings={"imageName": "x", "registry": {"password": 12345}}),
      "containerSettings.registry.password", "must be a JSON string, not an integer"),
     ("object-constraints", task(constraints="PT1H"), "constraints", "must be a JSON object, not a string"),
-    ("array-resourceFiles", task(resourceFiles={"httpUrl": "u"}), "resourceFiles",
+    ("array-resourceFiles", task(resourceFiles={"httpUrl": "http://h/u"}), "resourceFiles",
      "must be a JSON array (a list), not an object"),
     ("null-required-commandLine", task(commandLine=None), "commandLine",
      "must be a JSON string, not null (this field is required)"),
@@ -1319,3 +1320,219 @@ def test_split_command(line: str, argv: tuple[str, ...]) -> None:
 def test_split_command_unbalanced(line: str) -> None:
     with pytest.raises(ValueError):
         split_command(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# strings that become argv, environment, paths, blob names and URLs: what validate accepts can run
+
+ARG_MAX_ARGS = "a " * 700_000  # 1.4 MB of text, 7 MB of argv (strings, NULs and pointers)
+BAD_URLS: list[tuple[str, str, str]] = [
+    ("ipv6-unclosed", "http://[::1/x", "Invalid IPv6 URL"),
+    ("userinfo-bad-ipv6", "http://u:p@[zz]/x", "does not appear to be an IPv4 or IPv6 address"),
+    ("userinfo-ipv6-unclosed", "https://user@[::1/x?sig=s", "Invalid IPv6 URL"),
+    ("control-char", "http://a/\x01", "control character at position 9"),
+    ("del-char", "http://a/\x7f", "control character"),
+    ("nul", "http://a/\x00", "control character"),
+    ("space", "http://a/b c", "percent-encode it (a space is %20)"),
+    ("space-in-host", "http://a b/c", "space"),
+    ("label-64", "http://" + "a" * 64 + ".com/x", "empty or over-long label"),
+    ("empty-label", "http://a..b/x", "empty or over-long label"),
+    ("host-254", "https://" + "a." * 127 + "com/x", "DNS allows at most 253"),
+    ("non-idna-host", "http://\u2603.com/x", "Invalid IDNA hostname"),
+    ("bad-a-label", "http://xn--zz/x", "IDNAError"),
+    ("percent-host", "http://%41/x", "percent-encoded host"),
+    ("ftp", "ftp://a/x", "http:// or https://"),
+    ("file", "file:///etc/passwd", "http:// or https://"),
+    ("no-scheme", "acct.blob.core.windows.net/c", "http:// or https://"),
+    ("no-host", "http:///x", "has no host"),
+    ("port-range", "http://a:99999/x", "Port out of range"),
+    ("port-zero", "http://a:0/x", "port 0"),
+    ("surrogate", "http://a/\ud800", "surrogate"),
+]
+GOOD_URLS = ["https://acct.blob.core.windows.net/c/x?sv=2025-01-05&sig=a%2Bb%3D", "http://127.0.0.1:10000/dev/c",
+             "http://[::1]:10000/dev/c", "https://ex\u00e4mple.com/x", "HTTPS://A.B/x", "https://host./x",
+             "https://acct.blob.core.windows.net/c/d\u00e9j\u00e0 vu".replace(" ", "%20")]
+
+# (id, fields of a task body, JSON path below the task, message fragment)
+TASK_STRINGS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("commandLine-nul", {"commandLine": "/bin/echo a\x00b"}, "commandLine", "NUL character (\\u0000) at position 11"),
+    ("commandLine-surrogate", {"commandLine": "echo \ud800"}, "commandLine", "lone UTF-16 surrogate"),
+    ("commandLine-unclosed", {"commandLine": "sh -c 'echo hi"}, "commandLine", "(No closing quotation)"),
+    ("commandLine-unclosed-double", {"commandLine": 'echo "hi'}, "commandLine", "No closing quotation"),
+    ("commandLine-backslash", {"commandLine": "echo hi\\"}, "commandLine", "(No escaped character)"),
+    ("commandLine-long-arg", {"commandLine": "echo " + "a" * 131072}, "commandLine", "MAX_ARG_STRLEN"),
+    ("commandLine-argv-total", {"commandLine": ARG_MAX_ARGS}, "commandLine", "(ARG_MAX)"),
+    ("commandLine-over-cap", {"commandLine": "a" + " " * (6 << 20)}, "commandLine", "characters long"),
+    ("env-name-equals", {"environmentSettings": [{"name": "A=B", "value": "x"}]}, "environmentSettings[0].name",
+     "contains '='"),
+    ("env-name-nul", {"environmentSettings": [{"name": "A\x00", "value": "x"}]}, "environmentSettings[0].name",
+     "NUL"),
+    ("env-name-empty", {"environmentSettings": [{"name": "", "value": "x"}]}, "environmentSettings[0].name",
+     "at least 1"),
+    ("env-value-nul", {"environmentSettings": [{"name": "A", "value": "x"}, {"name": "B", "value": "x\x00"}]},
+     "environmentSettings[1].value", "NUL"),
+    ("env-value-surrogate", {"environmentSettings": [{"name": "A", "value": "\udcff"}]},
+     "environmentSettings[0].value", "surrogate"),
+    ("filePath-nul", {"resourceFiles": [{"httpUrl": GOOD_URLS[0], "filePath": "a\x00b"}]},
+     "resourceFiles[0].filePath", "NUL"),
+    ("blobPrefix-nul", {"resourceFiles": [{"storageContainerUrl": GOOD_URLS[0], "blobPrefix": "a\x00"}]},
+     "resourceFiles[0].blobPrefix", "NUL"),
+    ("autoStorage-slash", {"resourceFiles": [{"autoStorageContainerName": "c/../d"}]},
+     "resourceFiles[0].autoStorageContainerName", "not allowed in a container name"),
+    ("autoStorage-query", {"resourceFiles": [{"autoStorageContainerName": "c?comp=list"}]},
+     "resourceFiles[0].autoStorageContainerName", "'?'"),
+    ("imageName-nul", {"containerSettings": {"imageName": "ubuntu\x00"}}, "containerSettings.imageName", "NUL"),
+    ("imageName-space", {"containerSettings": {"imageName": "ubuntu latest"}}, "containerSettings.imageName",
+     "space or control character at position 6"),
+    ("runOptions-unclosed", {"containerSettings": {"imageName": "u", "containerRunOptions": "--label 'x"}},
+     "containerSettings.containerRunOptions", "No closing quotation"),
+    ("runOptions-nul", {"containerSettings": {"imageName": "u", "containerRunOptions": "--rm\x00"}},
+     "containerSettings.containerRunOptions", "NUL"),
+    ("registryServer-space", {"containerSettings": {"imageName": "u", "registry": {"registryServer": "my reg"}}},
+     "containerSettings.registry.registryServer", "space"),
+    ("registryServer-bad-url", {"containerSettings": {"imageName": "u", "registry": {
+        "registryServer": "https://[::1/v2"}}}, "containerSettings.registry.registryServer", "Invalid IPv6 URL"),
+    ("registry-password-nul", {"containerSettings": {"imageName": "u", "registry": {
+        "registryServer": "r.io", "username": "u", "password": "p\x00"}}},
+     "containerSettings.registry.password", "NUL"),
+    ("username-nul", {"userIdentity": {"username": "bob\x00"}}, "userIdentity.username", "NUL"),
+    *[(f"httpUrl-{name}", {"resourceFiles": [{"httpUrl": bad, "filePath": "f"}]}, "resourceFiles[0].httpUrl",
+       fragment) for name, bad, fragment in BAD_URLS],
+    *[(f"storageContainerUrl-{name}", {"resourceFiles": [{"storageContainerUrl": bad}]},
+       "resourceFiles[0].storageContainerUrl", fragment) for name, bad, fragment in BAD_URLS[:3]],
+]
+# Only regular tasks and job manager tasks have outputFiles and multiInstanceSettings.
+OUTPUT = {"filePattern": "*.txt", "destination": {"container": {"containerUrl": GOOD_URLS[0]}},
+          "uploadOptions": {"uploadCondition": "taskcompletion"}}
+TASK_ONLY_STRINGS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("filePattern-nul", {"outputFiles": [{**OUTPUT, "filePattern": "*.txt\x00"}]}, "outputFiles[0].filePattern",
+     "NUL"),
+    ("destination-path-nul", {"outputFiles": [patched(OUTPUT, (("destination", "container", "path"), "a\x00"))]},
+     "outputFiles[0].destination.container.path", "NUL"),
+    ("header-name", {"outputFiles": [patched(OUTPUT, (("destination", "container", "uploadHeaders"),
+                                                      [{"name": "x bad", "value": "1"}]))]},
+     "outputFiles[0].destination.container.uploadHeaders[0].name", "not an HTTP header name"),
+    ("header-value-crlf", {"outputFiles": [patched(OUTPUT, (("destination", "container", "uploadHeaders"),
+                                                            [{"name": "x-ms-meta-a", "value": "1\r\nX: y"}]))]},
+     "outputFiles[0].destination.container.uploadHeaders[0].value", "line break"),
+    *[(f"containerUrl-{name}", {"outputFiles": [patched(OUTPUT, (("destination", "container", "containerUrl"),
+                                                                 bad))]},
+       "outputFiles[0].destination.container.containerUrl", fragment) for name, bad, fragment in BAD_URLS],
+]
+COORDINATION = [("coordination-nul", {"multiInstanceSettings": {"coordinationCommandLine": "a\x00"}},
+                 "multiInstanceSettings.coordinationCommandLine", "NUL")]
+
+
+def _holders(with_outputs: bool) -> list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]]:
+    """Where a task body sits: a task, and each task of a job (fields merged over a valid one)."""
+    prep = {"commandLine": "p"}
+    holders: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]] = [
+        ("task", lambda f: task(**f), ""),
+        ("manager", lambda f: job(jobManagerTask={"id": "m", "commandLine": "m", **f}), "jobManagerTask."),
+    ]
+    if not with_outputs:
+        holders += [
+            ("prep", lambda f: job(jobPreparationTask={**prep, **f}), "jobPreparationTask."),
+            ("release", lambda f: job(jobPreparationTask=prep, jobReleaseTask={"commandLine": "r", **f}),
+             "jobReleaseTask."),
+        ]
+    return holders
+
+
+REFUSED = [(f"{h}-{c[0]}", h_make(c[1]), prefix + c[2], c[3])
+           for cases, outputs in ((TASK_STRINGS, False), (TASK_ONLY_STRINGS, True))
+           for h, h_make, prefix in _holders(outputs) for c in cases]
+REFUSED += [(f"task-{c[0]}", task(**c[1]), c[2], c[3]) for c in COORDINATION]
+REFUSED += [
+    ("common-env-name-equals", job(commonEnvironmentSettings=[{"name": "PATH=/x", "value": "y"}]),
+     "commonEnvironmentSettings[0].name", "contains '='"),
+    ("common-env-value-nul", job(commonEnvironmentSettings=[{"name": "A", "value": "\x00"}]),
+     "commonEnvironmentSettings[0].value", "NUL"),
+]
+
+
+@pytest.mark.parametrize(("data", "path", "fragment"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_string_that_cannot_run_is_refused_at_path(data: dict[str, Any], path: str, fragment: str) -> None:
+    issues = issues_of(data)
+    matching = [i for i in issues if i.path == path]
+    assert matching, issues
+    assert fragment in matching[0].message, matching[0].message
+
+
+@pytest.mark.parametrize("url", GOOD_URLS)
+def test_urls_the_transport_opens_are_accepted(url: str) -> None:
+    load_data(task(resourceFiles=[{"httpUrl": url, "filePath": "f"}, {"storageContainerUrl": url}],
+                   outputFiles=[patched(OUTPUT, (("destination", "container", "containerUrl"), url))]))
+
+
+def test_url_errors_never_show_the_signature() -> None:
+    for _, bad, _ in BAD_URLS:
+        issues = issues_of(task(resourceFiles=[{"httpUrl": bad + "?sig=SECRET%3D", "filePath": "f"}]))
+        assert not any("SECRET" in i.message for i in issues), issues
+
+
+def test_command_line_errors_never_show_the_command() -> None:
+    for line in ("--password=hunter2 'x", "--password=hunter2 \x00", "hunter2 " + "h" * 131072):
+        issues = issues_of(task(commandLine=line))
+        assert not any("hunter2" in i.message for i in issues), issues
+
+
+@pytest.mark.parametrize("line", ["a" * 131071, "a " * 200_000, "sh -c 'echo \"$X\" \\\\'", "\ufeff"],
+                         ids=["longest-arg", "many-args", "quotes", "bom"])
+def test_command_lines_that_can_run_are_accepted(line: str) -> None:
+    assert parse_task(task(commandLine=line)).command_line == line
+
+
+def test_env_name_may_hold_any_other_character() -> None:
+    parse_task(task(environmentSettings=[{"name": "A.B-c d", "value": "x=y=z"}]))
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON that readers disagree on: refused with the path
+
+JSON_REFUSED: list[tuple[str, str, str, str]] = [
+    ("duplicate-elevation",
+     '{"id": "t", "commandLine": "x", "userIdentity": {"autoUser": {"elevationLevel": "nonadmin", '
+     '"elevationLevel": "admin"}}}', "userIdentity.autoUser.elevationLevel", "appears more than once"),
+    ("duplicate-top", '{"id": "a", "commandLine": "x", "id": "b"}', "id", "appears more than once"),
+    ("duplicate-in-list", '{"id": "t", "commandLine": "x", "environmentSettings": [{"name": "A"}, '
+     '{"name": "B", "value": "1", "value": "2"}]}', "environmentSettings[1].value", "appears more than once"),
+    ("duplicate-same-value", '{"id": "t", "commandLine": "x", "commandLine": "x"}', "commandLine", "more than once"),
+    ("duplicate-in-service-field", '{"id": "j", "poolInfo": {"poolId": "a", "poolId": "b"}}', "poolInfo.poolId",
+     "more than once"),
+    ("long-int", '{"id": "t", "commandLine": "x", "constraints": {"maxTaskRetryCount": 1' + "0" * 4300 + "}}",
+     "constraints.maxTaskRetryCount", "integer of 4301 digits is too long"),
+    ("long-negative-int", '{"id": "t", "commandLine": "x", "exitConditions": {"exitCodes": [{"code": -' + "9" * 5000
+     + ', "exitOptions": {}}]}}', "exitConditions.exitCodes[0].code", "5000 digits"),
+    ("float-overflow", '{"id": "j", "poolInfo": {"x": 1e999}}', "poolInfo.x", "too large to be a finite number"),
+    ("nan", '{"id": "t", "commandLine": "x", "requiredSlots": NaN}', "requiredSlots", "NaN is not JSON"),
+    ("infinity", '{"id": "t", "commandLine": "x", "metadata": [-Infinity]}', "metadata[0]", "-Infinity is not JSON"),
+]
+
+
+@pytest.mark.parametrize(("text", "path", "fragment"), [j[1:] for j in JSON_REFUSED],
+                         ids=[j[0] for j in JSON_REFUSED])
+def test_json_readers_disagree_refused_at_path(tmp_path: Path, text: str, path: str, fragment: str) -> None:
+    file = tmp_path / "t.json"
+    file.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_document(file)
+    matching = [i for i in info.value.issues if i.path == path]
+    assert matching and fragment in matching[0].message, info.value.issues
+    assert "set_int_max_str_digits" not in str(info.value) and str(file) in str(info.value)
+
+
+def test_json_every_duplicate_is_reported_at_once(tmp_path: Path) -> None:
+    file = tmp_path / "t.json"
+    file.write_text('{"id": "t", "id": "u", "commandLine": "x", "constraints": {"maxTaskRetryCount": 1, '
+                    '"maxTaskRetryCount": 2, "maxTaskRetryCount": 3}}')
+    with pytest.raises(SpecError) as info:
+        load_document(file)
+    assert [i.path for i in info.value.issues] == ["id", "constraints.maxTaskRetryCount"]
+
+
+def test_json_finite_numbers_and_int_limits_still_parse(tmp_path: Path) -> None:
+    file = tmp_path / "t.json"
+    file.write_text('{"id": "t", "commandLine": "x", "constraints": {"maxTaskRetryCount": 2147483647}, '
+                    '"exitConditions": {"exitCodes": [{"code": -2147483648, "exitOptions": {}}]}}')
+    assert load_task(file).constraints.max_task_retry_count == 2**31 - 1  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ not a JSON decode error, not a pydantic error, not a traceback.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from agent.errors import Issue, SpecError
 from agent.spec.base import BatchModel, did_you_mean
+from agent.spec.checks import SURROGATE
 from agent.spec.job import JobSpec, TaskCollection
 from agent.spec.task import TaskSpec
 
@@ -53,15 +55,94 @@ def read_json(path: Path | str) -> Any:
 
 
 def parse_json(text: str, source: str = "<input>") -> Any:
+    """``json.loads`` that refuses what JSON readers disagree on, naming the JSON path: a key given
+    twice in one object (Python keeps the last, others the first: ``elevationLevel`` twice would
+    decide who the task runs as), an integer too long for Python to convert, and numbers that
+    are not finite (``NaN``, ``Infinity``, ``1e999``)."""
+    strange: list[str] = []  # what was found; only its truth matters
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)
+        if len(out) == len(items):
+            return out
+        seen: set[str] = set()
+        repeated = _Repeated(out)
+        for key, _ in items:
+            if key in seen:
+                repeated.repeated.append(key)
+            seen.add(key)
+        strange.append("repeated key")
+        return repeated
+
+    def integer(literal: str) -> Any:
+        try:
+            return int(literal)
+        except ValueError:
+            strange.append("long integer")
+            return _Number(f"an integer of {len(literal.lstrip('-'))} digits is too long; "
+                           "use a JSON integer in the field's range")
+
+    def real(literal: str) -> Any:
+        value = float(literal)
+        if math.isinf(value):
+            strange.append("infinite number")
+            return _Number(f"the number {literal[:20]}{'...' if len(literal) > 20 else ''} is too large "
+                           "to be a finite number; use a smaller value")
+        return value
+
+    def constant(name: str) -> Any:
+        strange.append("not a number")
+        return _Number(f"{name} is not JSON; write a number, or a string if the text is meant")
+
     try:
-        return json.loads(text)
+        data = json.loads(text, object_pairs_hook=pairs, parse_int=integer, parse_float=real,
+                          parse_constant=constant)
     except json.JSONDecodeError as exc:
         raise SpecError(f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
                         source=source) from None
     except RecursionError:
         raise SpecError("JSON nested too deeply", source=source) from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits (int_max_str_digits)
-        raise SpecError(f"not valid JSON: {exc}", source=source) from None
+    if strange:
+        raise SpecError(_strange_issues(data), source=source)
+    return data
+
+
+class _Repeated(dict[str, Any]):
+    """An object that had a key more than once (``repeated``: those keys)."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.repeated: list[str] = []
+
+
+@dataclass(frozen=True, slots=True)
+class _Number:
+    """A number literal that can't be used: where it is found, ``problem`` says why."""
+
+    problem: str
+
+
+def _strange_issues(data: Any) -> list[Issue]:
+    """Every repeated key and unusable number in ``data``, with its JSON path (walked without
+    recursion: the document may be as deep as the JSON reader allows)."""
+    issues: list[Issue] = []
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, _Number):
+            issues.append(Issue(path, node.problem))
+        elif isinstance(node, dict):
+            for key in dict.fromkeys(getattr(node, "repeated", ())):
+                issues.append(Issue(_join(path, key), "this key appears more than once in the object; give "
+                                    "each key once (JSON readers disagree on which value wins)"))
+            stack += [(_join(path, k), v) for k, v in reversed(node.items())]
+        elif isinstance(node, list):
+            stack += [(f"{path}[{i}]", v) for i, v in reversed(list(enumerate(node)))]
+    return issues
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def detect_kind(data: Any) -> Kind:
@@ -170,6 +251,8 @@ def issues_from(exc: ValidationError, model_type: type[BatchModel]) -> list[Issu
                 f"unknown field; {did_you_mean(key, known)}"
         elif kind == "missing":
             message = "required field is missing"
+        elif kind == "string_unicode":  # pydantic-core's own check (a constrained str): a lone surrogate
+            message = SURROGATE
         elif kind in _WANTED:
             message = _type_message(kind, err.get("input"), field=bool(loc) and isinstance(loc[-1], str))
         issues.append(Issue(path, message))

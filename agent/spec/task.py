@@ -14,6 +14,17 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from agent.spec.base import BatchModel, Duration, Int32, one_of
+from agent.spec.checks import (
+    CommandLine,
+    ContainerName,
+    EnvName,
+    HeaderName,
+    HeaderValue,
+    OsString,
+    PlainName,
+    RegistryServer,
+    Url,
+)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ID_RULE = "1 to 64 characters: letters, digits, '-' and '_'"
@@ -46,16 +57,16 @@ class NodeIdentityReference(BatchModel):
 
 
 class EnvironmentSetting(BatchModel):
-    name: str = Field(min_length=1)
-    value: str | None = None
+    name: EnvName = Field(min_length=1)
+    value: OsString | None = None
 
 
 class ResourceFile(BatchModel):
-    auto_storage_container_name: str | None = None
-    storage_container_url: str | None = None
-    http_url: str | None = None
-    blob_prefix: str | None = None
-    file_path: str | None = None
+    auto_storage_container_name: ContainerName | None = None
+    storage_container_url: Url | None = None
+    http_url: Url | None = None
+    blob_prefix: OsString | None = None
+    file_path: OsString | None = None
     file_mode: str | None = None
     identity_reference: NodeIdentityReference | None = None
 
@@ -93,9 +104,9 @@ class ResourceFile(BatchModel):
 
 
 class ContainerRegistryReference(BatchModel):
-    username: str | None = None
-    password: str | None = None
-    registry_server: str | None = None
+    username: PlainName | None = None
+    password: OsString | None = None
+    registry_server: RegistryServer | None = None
     identity_reference: NodeIdentityReference | None = None
 
     def __repr_args__(self) -> Any:  # never show the password in reprs / tracebacks
@@ -109,8 +120,8 @@ class ContainerHostBatchBindMountEntry(BatchModel):
 
 
 class TaskContainerSettings(BatchModel):
-    container_run_options: str | None = None
-    image_name: str = Field(min_length=1)
+    container_run_options: CommandLine | None = None  # options of `docker create`: an argv too
+    image_name: PlainName = Field(min_length=1)
     registry: ContainerRegistryReference | None = None
     working_directory: Annotated[str, one_of("taskWorkingDirectory", "containerImageDefault")] | None = None
     container_host_batch_bind_mounts: list[ContainerHostBatchBindMountEntry] | None = None
@@ -153,13 +164,13 @@ class ExitConditions(BatchModel):
 
 
 class OutputFileUploadHeader(BatchModel):
-    name: str = Field(min_length=1)
-    value: str | None = None
+    name: HeaderName = Field(min_length=1)
+    value: HeaderValue | None = None
 
 
 class OutputFileBlobContainerDestination(BatchModel):
-    path: str | None = None
-    container_url: str = Field(min_length=1)
+    path: OsString | None = None
+    container_url: Url = Field(min_length=1)
     identity_reference: NodeIdentityReference | None = None
     upload_headers: list[OutputFileUploadHeader] | None = None
 
@@ -173,7 +184,7 @@ class OutputFileUploadConfiguration(BatchModel):
 
 
 class OutputFile(BatchModel):
-    file_pattern: str = Field(min_length=1)
+    file_pattern: OsString = Field(min_length=1)
     destination: OutputFileDestination
     upload_options: OutputFileUploadConfiguration
 
@@ -194,7 +205,7 @@ class UserIdentity(BatchModel):
     one but not both"). A present username counts even when empty: ``""`` is not "no username",
     and it names no account either."""
 
-    username: str | None = None
+    username: OsString | None = None
     auto_user: AutoUserSpecification | None = None
 
     @model_validator(mode="after")
@@ -232,7 +243,7 @@ class TaskDependencies(BatchModel):
 
 class MultiInstanceSettings(BatchModel):
     number_of_instances: Int32 | None = Field(default=None, ge=1)
-    coordination_command_line: str
+    coordination_command_line: CommandLine
     common_resource_files: list[ResourceFile] | None = None
 
 
@@ -252,7 +263,7 @@ class AffinityInfo(BatchModel):
 class TaskBase(BatchModel):
     """Fields shared by regular, job manager, job preparation and job release tasks."""
 
-    command_line: str
+    command_line: CommandLine
     container_settings: TaskContainerSettings | None = None
     resource_files: list[ResourceFile] | None = None
     environment_settings: list[EnvironmentSetting] | None = None
