@@ -55,6 +55,11 @@ def prepare_db(path: Path) -> bool:
     except FileExistsError:
         return False
     os.close(fd)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)                          # the new name survives a power loss too
+    finally:
+        os.close(dir_fd)
     return True
 
 

@@ -208,6 +208,7 @@ class SqliteStore:
             now = self._clock()
             for task in tasks:
                 text = common.dumps(task.body)                 # encoded once: stored, and copied for the record
+                last_tick = self._etags.last
                 rec = common.new_task(job.id, task, 0, self._etags.next(now), now, body=json.loads(text))
                 number = common.int_id(task.id)
                 try:
@@ -219,6 +220,7 @@ class SqliteStore:
                          else None, rec.etag, rows.us(now), rows.us(now), rows.us(now), rec.required_slots, text,
                          rows.EMPTY_EXECUTION_INFO))
                 except sqlite3.IntegrityError:
+                    self._etags.last = last_tick                 # never shown: the next write may use it
                     out.append(Rejected(task.id, "TaskExists"))
                     continue
                 assert cur.lastrowid is not None
