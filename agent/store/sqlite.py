@@ -8,7 +8,7 @@ here are task definitions with secrets), or decide lifecycle rules (``Expect`` c
 - ``synchronous=FULL`` by default: a commit returns after the WAL is fsynced, so an answer the
   API gave (201 on add task) survives a power loss. ``NORMAL`` would lose at most the last
   commits on power loss (never on a crash of the agent) for less fsync; bench/bench_store.py
-  measures both and the figures are in the package docstring.
+  measures both; the figures and the decision are in the package docstring.
 - ``busy_timeout`` so a second connection waits for the lock instead of failing;
   ``foreign_keys`` so deleting a job removes its tasks and prep/release status.
 - One connection behind a lock: safe from any thread; ``agent.store.aio`` calls it from one.
