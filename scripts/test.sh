@@ -55,7 +55,7 @@ finish() {
 }
 
 # ------------------------------------------------------------ setup: pip || infra-up in parallel
-# infra-up is mostly apt/npm downloads and pip is mostly PyPI downloads: run them side by side.
+# infra-up is mostly apt/npm downloads, pip and clients.sh mostly PyPI downloads: run them side by side.
 banner "setup: pip install -e '.[test]' and scripts/infra-up.sh (in parallel)"
 t=$(now_us)
 {
@@ -65,6 +65,15 @@ t=$(now_us)
   exit $rc
 } &
 INFRA_PID=$!
+# The real Batch clients the API tests drive (azure-batch 15.1 / 14.2, azure-cli): own venvs.
+t_clients=$(now_us)
+{
+  bash scripts/clients.sh >"$WORK/clients.log" 2>&1 </dev/null
+  rc=$?
+  secs "$t_clients" >"$WORK/clients.secs"
+  exit $rc
+} &
+CLIENTS_PID=$!
 
 t_pip=$(now_us)
 pip_rc=0
@@ -93,8 +102,12 @@ infra_rc=0
 wait $INFRA_PID || infra_rc=$?
 cat "$WORK/infra.log"
 record infra-up $infra_rc "$t" "$(cat "$WORK/infra.secs" 2>/dev/null)"
+clients_rc=0
+wait $CLIENTS_PID || clients_rc=$?
+sed 's/^/[clients] /' "$WORK/clients.log"
+record clients $clients_rc "$t_clients" "$(cat "$WORK/clients.secs" 2>/dev/null)"
 
-if [ $pip_rc != 0 ] || [ $infra_rc != 0 ]; then finish; fi
+if [ $pip_rc != 0 ] || [ $infra_rc != 0 ] || [ $clients_rc != 0 ]; then finish; fi
 # shellcheck disable=SC1091
 . "$INFRA_DIR/env.sh"
 
