@@ -98,6 +98,8 @@ def test_pragmas(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == number
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2          # memory
+        assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 2       # fast
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store_schema.MIGRATIONS)
         store.close()
     with pytest.raises(ValueError, match="FULL or NORMAL"):
@@ -228,3 +230,17 @@ def test_nothing_is_logged_and_secrets_stay_in_the_file(tmp_path: Path, caplog: 
     store.close()
     assert caplog.records == []
     assert SECRET not in str(info.value)
+
+
+def test_a_deleted_task_leaves_no_secret_in_the_file_after_a_checkpoint(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s")
+    store.add_job(NewJob("j", {}))
+    store.add_tasks("j", [NewTask(f"keep{i}", {"commandLine": "x" * 200}) for i in range(5)])
+    store.add_task("j", NewTask("t", {"resourceFiles": [{"httpUrl": f"https://a.blob/c/f?{SECRET}"}]}))
+    store.add_tasks("j", [NewTask(f"more{i}", {"commandLine": "y" * 200}) for i in range(5)])
+    store.delete_task("j", "t", ANY)
+    store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = b"".join(p.read_bytes() for p in (tmp_path / "s").iterdir())
+    assert b"PLANTEDSECRET" not in data
+    assert b"keep4" in data                            # the file is readable and holds the rest
+    store.close()
