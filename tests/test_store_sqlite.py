@@ -244,3 +244,12 @@ def test_a_deleted_task_leaves_no_secret_in_the_file_after_a_checkpoint(tmp_path
     assert b"PLANTEDSECRET" not in data
     assert b"keep4" in data                            # the file is readable and holds the rest
     store.close()
+
+
+def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir(mode=0o700)
+    (state / DB_NAME).write_bytes(b"not sqlite at all " * 100)
+    os.chmod(state / DB_NAME, 0o600)
+    with pytest.raises(StoreError, match="open failed: file is not a database"):
+        SqliteStore(state)

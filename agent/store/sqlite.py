@@ -62,6 +62,7 @@ from agent.store.records import (
 DB_NAME = "state.db"
 Synchronous = Literal["FULL", "NORMAL"]
 
+
 class SqliteStore:
     def __init__(self, state_dir: Path, *, synchronous: Synchronous = "FULL",
                  clock: Callable[[], datetime] = common.utc_now, busy_timeout_ms: int = 5000) -> None:
@@ -74,19 +75,20 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreUnsafe(f"{self.path}: SQLite refused WAL mode ({mode})")
-            self._conn.execute(f"PRAGMA synchronous = {synchronous}")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._conn.execute("PRAGMA trusted_schema = OFF")
-            # Task bodies hold secrets: sort spills stay in memory, not in a shared temp dir, and
-            # deleted rows are zeroed where that costs no extra I/O.
-            self._conn.execute("PRAGMA temp_store = MEMORY")
-            self._conn.execute("PRAGMA secure_delete = FAST")
-            schema.migrate(self._conn)
-            files.check_files(self.path)         # -wal / -shm now exist: same mode as the database
+            with _faults("open"):
+                self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode != "wal":
+                    raise StoreUnsafe(f"{self.path}: SQLite refused WAL mode ({mode})")
+                self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                self._conn.execute("PRAGMA trusted_schema = OFF")
+                # Task bodies hold secrets: sort spills stay in memory, not in a shared temp dir, and
+                # deleted rows are zeroed where that costs no extra I/O.
+                self._conn.execute("PRAGMA temp_store = MEMORY")
+                self._conn.execute("PRAGMA secure_delete = FAST")
+                schema.migrate(self._conn)
+                files.check_files(self.path)         # -wal / -shm now exist: same mode as the database
         except BaseException:
             self._conn.close()
             raise
