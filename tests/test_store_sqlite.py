@@ -253,3 +253,17 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
     os.chmod(state / DB_NAME, 0o600)
     with pytest.raises(StoreError, match="open failed: file is not a database"):
         SqliteStore(state)
+
+
+def test_a_damaged_database_is_named_at_open(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s")
+    store.add_job(NewJob("j", {}))
+    store.add_tasks("j", [NewTask(f"t{i}", {"commandLine": "x" * 500}) for i in range(100)])
+    store.close()                                        # the last close checkpoints the WAL into the file
+    db = tmp_path / "s" / DB_NAME
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[6 * page:7 * page] = b"\xa5" * page             # one b-tree page of the tasks table, overwritten
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"the state database is damaged"):
+        SqliteStore(tmp_path / "s")
