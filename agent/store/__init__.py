@@ -26,7 +26,7 @@ under a load average of about 7 from other work; three runs, ranges):
 
 Must not: log anything (task bodies carry SAS URLs, passwords and tokens), import runners,
 the scheduler or the API. Layout: ``records`` (values), ``protocol`` (the contract),
-``common`` (rules both backends share), ``memory``, ``sqlite`` + ``schema`` + ``files``, ``aio``.
+``common`` (rules both backends share), ``memory``, ``sqlite`` + ``rows`` + ``schema`` + ``files``, ``aio``.
 """
 
 from agent.store.aio import StoreThread
