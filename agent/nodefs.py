@@ -39,13 +39,14 @@ write the link's directory could point it anywhere.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import os
 import pwd
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 from agent.errors import ConfigError
 
@@ -57,12 +58,18 @@ _RESOLVE_BENEATH = 0x08
 _TRIES = 5                      # creates retried when a name reappears between unlink and open
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
 _openat2_works: bool | None = None
+
+
+@functools.cache
+def _syscall() -> tuple[Any, Any]:
+    """libc's ``syscall`` and ``struct open_how``, loaded on first use (ctypes costs ~2 ms to import)."""
+    import ctypes
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    return ctypes.CDLL(None, use_errno=True).syscall, OpenHow
 
 
 def _openat2(dir_fd: int, path: str, flags: int) -> int | None:
@@ -70,9 +77,12 @@ def _openat2(dir_fd: int, path: str, flags: int) -> int | None:
     global _openat2_works
     if _openat2_works is False:
         return None
-    how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-    fd = int(_libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd), os.fsencode(path),
-                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+    import ctypes
+
+    syscall, open_how = _syscall()
+    how = open_how(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+    fd = int(syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd), os.fsencode(path),
+                     ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
     if fd >= 0:
         _openat2_works = True
         return fd
