@@ -4,8 +4,9 @@ Batch starts from a minimal, explicit environment, not the agent's own: the ``AZ
 variables, ``HOME``, ``USER``, ``PATH``, then the job's ``commonEnvironmentSettings``, then the
 task's ``environmentSettings`` (a task setting overrides a job one). User settings are applied
 last and may override Batch's names (UNCONFIRMED in Batch; documented in the README); the agent
-never reads these variables back to decide where it writes. Values are passed literally: no
-``$VAR`` expansion.
+never reads these variables back to decide where it writes or what it kills. Values are passed
+literally: no ``$VAR`` expansion. The native process runner adds one variable after all of these
+when no cgroup tracks the task: its secret kill-sweep token (``agent.process.TOKEN_VAR``).
 """
 
 from __future__ import annotations

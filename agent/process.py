@@ -1,10 +1,10 @@
 """Native processes: ``ProcessRunner`` implements ``agent.runner.Runner`` (§3 of the semantics doc).
 
 Owns: exec without a shell, stdio by file descriptor, the user switch, tracking an attempt's
-process tree (a per-attempt cgroup and an environment marker) and the TERM / grace / KILL /
-sweep sequence. Must not: interpret the command line, touch the task's output, or kill
-anything at ``cleanup`` (a finished task's background processes, such as a start task's
-daemon, outlive it).
+process tree (a per-attempt cgroup, else a secret token in its environment) and the TERM /
+grace / KILL / sweep sequence. Must not: interpret the command line, touch the task's output,
+or kill anything at ``cleanup`` (a finished task's background processes, such as a start
+task's daemon, outlive it).
 
 Choices, and why
 - Spawn with ``subprocess.Popen`` (fork + exec in C) and wait on a pidfd registered with the
@@ -23,10 +23,19 @@ Choices, and why
 - Cgroup kinds: cgroup v2 (``cgroup.kill``, else a plain kill loop), else cgroup v1
   ``freezer`` (freeze, kill, thaw), else v1 ``pids`` (kill loop). A handle's cgroup path tells
   its kind by the files in it, so a restarted agent needs no extra state.
-- The marker is the task's ``AZ_BATCH_TASK_DIR``. The sweep kills every process whose
-  environment carries it. That catches escapees when there is no cgroup (not root, no
-  hierarchy). A process that rewrites its environment (``env -i``) escapes the marker;
-  only a cgroup holds such a process.
+- What the kill sweep takes is decided by markers the task can neither forge nor copy. With
+  a cgroup (root and a hierarchy): the attempt's cgroup and its process group, nothing else.
+  Without one: the process group plus every process whose real uid is the task's and whose
+  environment holds the attempt's secret token (``TOKEN_VAR``, from ``secrets``). The runner
+  sets it last, over the task's own settings, so ``environmentSettings`` can't choose it; a
+  process of another user can't read it (``/proc/<pid>/environ`` is owner-only), and the uid
+  check keeps a copy in another user's process from counting. The handle keeps only the uid
+  and a hash of the token (handles are persisted; the token stays out of state files). Never a
+  Batch variable: a task may set ``AZ_BATCH_TASK_DIR`` to another task's directory. A process
+  that rewrites its environment (``env -i``) escapes the token; only a cgroup holds it.
+- Cgroups (``agent.cgroups``) are removed once empty: the attempt's at ``cleanup``, and
+  leftovers whose last process (a finished task's daemon) exited later by the sweep that every
+  ``cleanup`` and every new runner make.
 - Exit code of a re-attached process (not our child): it cannot be known, so it is
   ``UNKNOWN_EXIT_CODE`` (-1). It reads as a failure, never as a false success. It also
   looks like death by SIGHUP.
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -50,6 +60,15 @@ from pathlib import Path
 
 import psutil
 
+from agent.cgroups import (
+    cgroup_pids,
+    find_hierarchy,
+    kill_cgroup,
+    new_cgroup,
+    remove_cgroup,
+    remove_empty_cgroups,
+    remove_when_empty,
+)
 from agent.errors import RunnerError
 from agent.logs import get_logger
 from agent.nodefs import create_at
@@ -57,9 +76,8 @@ from agent.runner import ExitResult, RunHandle, RunRequest, TaskUser
 from agent.status import FailureInfo
 
 UNKNOWN_EXIT_CODE = -1          # a re-attached process's status cannot be read (see module doc)
-MARKER_VAR = "AZ_BATCH_TASK_DIR"
+TOKEN_VAR = "BATCH_AGENT_ATTEMPT_TOKEN"   # the attempt's secret marker when there is no cgroup
 LOG_MODE = 0o640
-CGROUP_PARENT = "batch-agent"
 _MAX_PAUSE = 0.1                # longest pause between two looks at a condition
 
 
@@ -68,7 +86,8 @@ class ProcessRunner:
 
     ``use_cgroups``: put each attempt in its own cgroup when the agent is root and a
     hierarchy is found under ``cgroup_root`` (v2 there, else v1 ``freezer``, else v1 ``pids``).
-    ``sweep_by_marker``: the kill sweep also kills processes carrying the task's marker.
+    ``sweep_by_marker``: without a cgroup, the kill sweep also kills the task user's processes
+    that carry the attempt's token (``TOKEN_VAR``).
     ``sweep_timeout``: how long the SIGKILL sweep keeps trying before it gives up and logs.
     """
 
@@ -80,6 +99,8 @@ class ProcessRunner:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._killed: set[int] = set()
         self._log = get_logger(component="process")
+        if self.hierarchy is not None:
+            remove_empty_cgroups(self.hierarchy)
 
     async def start(self, request: RunRequest) -> RunHandle | FailureInfo:
         if not request.argv:
@@ -89,16 +110,24 @@ class ProcessRunner:
             return _not_found(f"{request.argv[0]!r} is not found in the task's PATH"
                               if "/" not in request.argv[0] else f"{request.argv[0]!r} does not exist")
         switch = self._switch(request)
-        cgroup = self._new_cgroup(request) if self.hierarchy else None
+        env = dict(request.env)
+        marker: str | None = None
         fds: list[int] = []
+        cgroup: Path | None = None
         child: subprocess.Popen[bytes] | None = None
         try:
+            name = f"{request.job_id}_{request.task_id}_{request.attempt}_{secrets.token_hex(4)}"
+            cgroup = new_cgroup(self.hierarchy, name, fds) if self.hierarchy else None
+            if cgroup is None and self.sweep_by_marker:
+                token = secrets.token_hex(16)
+                env[TOKEN_VAR] = token          # last: over the task's own environmentSettings
+                marker = _marker(switch.uid if switch and switch.uid is not None else os.getuid(), token)
             out = _open_log(request.stdout, switch, fds)
             err = _open_log(request.stderr, switch, fds)
             procs = _open(cgroup / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, fds) if cgroup else None
             try:
                 child = subprocess.Popen(
-                    request.argv, executable=program, cwd=request.cwd, env=dict(request.env),
+                    request.argv, executable=program, cwd=request.cwd, env=env,
                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, close_fds=True,
                     start_new_session=True, preexec_fn=_join(procs) if procs is not None else None,
                     user=switch.uid if switch else None, group=switch.gid if switch else None,
@@ -113,14 +142,14 @@ class ProcessRunner:
             for fd in fds:
                 os.close(fd)
             if cgroup and child is None:
-                _remove_cgroup(cgroup)
+                remove_cgroup(cgroup)
         self._children[child.pid] = child
         try:
             create_time: float | None = psutil.Process(child.pid).create_time()
         except psutil.Error:
             create_time = None
         return RunHandle(kind="process", pid=child.pid, pgid=child.pid, create_time=create_time,
-                         cgroup=str(cgroup) if cgroup else None, marker=request.env.get(MARKER_VAR))
+                         cgroup=str(cgroup) if cgroup else None, marker=marker)
 
     async def wait(self, handle: RunHandle) -> ExitResult:
         pid = _pid(handle)
@@ -155,15 +184,11 @@ class ProcessRunner:
             self._killed.discard(pid)
         if handle.cgroup:
             cgroup = Path(handle.cgroup)
-            if _cgroup_pids(cgroup):
-                self._log.info("cgroup kept: processes remain", cgroup=handle.cgroup)
-                return
-            # Exiting processes can keep an empty-looking cgroup busy for a moment.
-            for _ in range(50):
-                if _remove_cgroup(cgroup):
-                    return
-                await asyncio.sleep(0.01)
-            self._log.warning("cgroup not removed", cgroup=handle.cgroup)
+            if not await remove_when_empty(cgroup):
+                self._log.info("cgroup kept", cgroup=handle.cgroup,
+                               pids=sorted(cgroup_pids(cgroup)))
+        if self.hierarchy is not None:
+            remove_empty_cgroups(self.hierarchy)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -178,28 +203,17 @@ class ProcessRunner:
             raise RunnerError(f"cannot run as {user.name} (uid {user.uid}): the agent is not root")
         return user
 
-    def _new_cgroup(self, request: RunRequest) -> Path:
-        assert self.hierarchy is not None
-        name = f"{request.job_id}_{request.task_id}_{request.attempt}_{secrets.token_hex(4)}"
-        path = self.hierarchy / CGROUP_PARENT / name
-        try:
-            path.parent.mkdir(exist_ok=True)
-            path.mkdir()
-        except OSError as exc:
-            raise RunnerError(f"cannot create the task's cgroup {path}: {exc.strerror}") from exc
-        return path
-
     def _members(self, handle: RunHandle) -> set[int]:
-        """Live (not zombie) processes of the attempt: its cgroup, its group, its marker."""
-        found = _cgroup_pids(Path(handle.cgroup)) if handle.cgroup else set()
-        marker = handle.marker if self.sweep_by_marker else None
+        """Live (not zombie) processes of the attempt: its cgroup, its group, its token."""
+        found = cgroup_pids(Path(handle.cgroup)) if handle.cgroup else set()
+        marker = _parse_marker(handle.marker) if self.sweep_by_marker and not handle.cgroup else None
         if handle.pgid is not None or marker:
             for proc in psutil.process_iter():
                 try:
                     if proc.pid in found:
                         continue
                     if (handle.pgid is not None and os.getpgid(proc.pid) == handle.pgid) or \
-                            (marker and proc.environ().get(MARKER_VAR) == marker):
+                            (marker and _carries(proc, *marker)):
                         found.add(proc.pid)
                 except (psutil.Error, OSError):
                     continue
@@ -223,7 +237,7 @@ class ProcessRunner:
         pause = 0.005
         while True:
             if handle.cgroup:
-                await _kill_cgroup(Path(handle.cgroup))
+                await kill_cgroup(Path(handle.cgroup))
             left = self._members(handle)
             self._signal(handle, signal.SIGKILL, left)
             if not left:
@@ -233,16 +247,6 @@ class ProcessRunner:
                 return
             await asyncio.sleep(pause)
             pause = min(pause * 2, _MAX_PAUSE)
-
-
-def find_hierarchy(root: Path) -> Path | None:
-    """The cgroup hierarchy to track processes in: v2 at ``root``, else v1 freezer, else v1 pids."""
-    if (root / "cgroup.controllers").is_file():
-        return root
-    for controller in ("freezer", "pids"):
-        if (root / controller / "cgroup.procs").is_file():
-            return root / controller
-    return None
 
 
 def find_program(argv0: str, env: Mapping[str, str], cwd: Path) -> str | None:
@@ -305,6 +309,28 @@ def _launch_failure(request: RunRequest, program: str, exc: OSError | ValueError
                             Message=why)
 
 
+def _marker(uid: int, token: str) -> str:
+    """The handle's marker: the task's uid and a hash of the token (the token itself is a secret)."""
+    return f"{uid}:{_digest(token)}"
+
+
+def _parse_marker(marker: str | None) -> tuple[int, str] | None:
+    uid, _, digest = (marker or "").partition(":")
+    return (int(uid), digest) if uid.isdigit() and len(digest) == 64 else None
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _carries(proc: psutil.Process, uid: int, digest: str) -> bool:
+    """``proc`` runs as ``uid`` (real uid) and its environment holds the token hashing to ``digest``."""
+    if proc.uids().real != uid:
+        return False
+    token = proc.environ().get(TOKEN_VAR)
+    return token is not None and secrets.compare_digest(_digest(token), digest)
+
+
 def _pid(handle: RunHandle) -> int:
     if handle.kind != "process" or handle.pid is None:
         raise RunnerError(f"not a process handle: {handle.to_json()}")
@@ -357,46 +383,3 @@ async def _until_exit(pid: int, exited: Callable[[], bool]) -> None:
             loop.remove_reader(pidfd)
     finally:
         os.close(pidfd)
-
-
-def _cgroup_pids(cgroup: Path) -> set[int]:
-    try:
-        return {int(line) for line in (cgroup / "cgroup.procs").read_text().split()}
-    except FileNotFoundError:
-        return set()
-
-
-async def _kill_cgroup(cgroup: Path) -> None:
-    """SIGKILL everything in the cgroup in one go where the kernel allows it."""
-    if (cgroup / "cgroup.kill").exists():                       # v2, Linux >= 5.14
-        with contextlib.suppress(FileNotFoundError):
-            (cgroup / "cgroup.kill").write_text("1")
-        return
-    state = cgroup / "freezer.state"
-    if not state.exists():                                      # v1 pids / old v2: the sweep loop kills
-        return
-    try:
-        # Frozen processes cannot fork, so one pass over cgroup.procs gets all of them.
-        state.write_text("FROZEN")
-        try:
-            for _ in range(100):
-                if state.read_text().strip() == "FROZEN":
-                    break
-                await asyncio.sleep(0.01)
-            for pid in _cgroup_pids(cgroup):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        finally:
-            state.write_text("THAWED")                          # they die once thawed
-    except FileNotFoundError:
-        return
-
-
-def _remove_cgroup(cgroup: Path) -> bool:
-    try:
-        cgroup.rmdir()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import os
+import pwd
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -19,8 +23,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent.cgroups import find_hierarchy, remove_empty_cgroups
 from agent.errors import RunnerError
-from agent.process import UNKNOWN_EXIT_CODE, ProcessRunner, find_hierarchy
+from agent.process import TOKEN_VAR, UNKNOWN_EXIT_CODE, ProcessRunner
 from agent.runner import ExitResult, RunHandle, RunRequest, TaskUser
 from agent.status import ErrorCategory, FailureInfo
 
@@ -399,3 +404,79 @@ async def test_cleanup_keeps_a_busy_cgroup_and_never_kills(root_agent: None, run
     assert not alive(*procs["daemon"])
     await runner.cleanup(handle)
     assert not Path(handle.cgroup).exists()
+
+
+async def test_a_cgroup_left_by_a_daemon_goes_once_the_daemon_exits(root_agent: None, runner: ProcessRunner,
+                                                                     work: Path, fifo: Fifo) -> None:
+    """The leak: a task's daemon outlives it, its cgroup is kept, and nothing removed it later."""
+    script = '(setsid sh -c \'echo daemon $$ > "$1"; exec sleep 1000\' sh "$1" &); exit 0'
+    handle = await runner.start(request(work, "sh", "-c", script, "sh", str(fifo.path), job_id="leftover"))
+    assert isinstance(handle, RunHandle) and handle.cgroup
+    procs = await fifo.pids(1)
+    await runner.wait(handle)
+    await runner.cleanup(handle)
+    assert Path(handle.cgroup).is_dir()                      # the daemon still runs in it
+    ProcessRunner()
+    assert Path(handle.cgroup).is_dir()                      # never removed while it has a process
+
+    os.kill(procs["daemon"][0], signal.SIGKILL)
+    while alive(*procs["daemon"]):
+        await asyncio.sleep(0.01)
+    ProcessRunner()                                          # the next agent's start-up
+    assert not Path(handle.cgroup).exists()
+
+
+async def test_the_cleanup_of_a_later_task_removes_empty_leftovers(root_agent: None, runner: ProcessRunner,
+                                                                  work: Path) -> None:
+    assert runner.hierarchy is not None
+    leftover = runner.hierarchy / "batch-agent" / f"old_task_0_{os.getpid():08x}"
+    leftover.mkdir(parents=True)
+    result, _, _ = await run(runner, request(work, "true"))
+    assert result.exit_code == 0
+    assert not leftover.exists()
+
+
+async def test_a_cgroup_being_created_is_never_swept(root_agent: None, runner: ProcessRunner) -> None:
+    """Between its creation and its first process a cgroup is empty; its runner holds a lock."""
+    assert runner.hierarchy is not None
+    creating = runner.hierarchy / "batch-agent" / f"new_task_0_{os.getpid():08x}"
+    creating.mkdir(parents=True)
+    lock = os.open(creating, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        remove_empty_cgroups(runner.hierarchy)
+        assert creating.is_dir()
+    finally:
+        os.close(lock)
+    remove_empty_cgroups(runner.hierarchy)
+    assert not creating.exists()
+
+
+async def test_without_cgroup_the_marker_is_a_token_the_task_cannot_choose(work: Path, fifo: Fifo) -> None:
+    tokenised = ProcessRunner(use_cgroups=False)
+    env = {"PATH": SYSTEM_PATH, TOKEN_VAR: "chosen-by-the-task"}
+    handle = await tokenised.start(request(
+        work, "sh", "-c", 'echo main $$ > "$1"; exec sleep 1000', "sh", str(fifo.path), env=env))
+    assert isinstance(handle, RunHandle) and handle.cgroup is None
+    pid, _ = (await fifo.pids(1))["main"]
+    token = psutil.Process(pid).environ()[TOKEN_VAR]
+    assert token != "chosen-by-the-task" and len(token) == 32
+    assert handle.marker == f"{os.getuid()}:{hashlib.sha256(token.encode()).hexdigest()}"
+    assert token not in str(handle.to_json())                # handles are persisted: no secret in them
+
+    # Outside the task: a process with the task's old marker variable, and one of another user
+    # that holds the real token. Neither is the task's: the sweep leaves both alone.
+    decoys = [subprocess.Popen(["sleep", "1000"], env={"AZ_BATCH_TASK_DIR": str(work)}, start_new_session=True)]
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody").pw_uid
+        decoys.append(subprocess.Popen(["sleep", "1000"], env={TOKEN_VAR: token}, start_new_session=True,
+                                       user=nobody))
+    try:
+        await tokenised.kill(handle, grace=0.05)
+        assert await tokenised.wait(handle) == ExitResult(-signal.SIGTERM, killed_by_agent=True)
+        assert [d.poll() for d in decoys] == [None] * len(decoys)
+    finally:
+        for decoy in decoys:
+            decoy.kill()
+            decoy.wait()
+        await tokenised.cleanup(handle)
