@@ -2,8 +2,16 @@
 
 The only place that builds concrete runners and hooks. Exit status: ``validate`` and ``plan``
 0 when the input is valid; ``run`` the task's exit code when its command ran (a signal death
-N gives 128+N), 125 when it never ran (pre-processing error, job preparation failure, agent
-fault); 2 for invalid input, always with a message naming the field and no traceback.
+N gives 128+N, and so does a run stopped by signal N after its command succeeded), 125 when it
+never ran (pre-processing error, job preparation failure, agent fault); 2 for invalid input,
+always with a message naming the field and no traceback.
+
+Signals during ``run``: SIGINT (Ctrl-C), SIGTERM and SIGHUP (a closed terminal) all ask the run
+to stop (``TaskRunner.interrupt``); the agent never dies on them with the task left behind. A
+download or upload in progress is cancelled, a running command is killed (TERM, grace, KILL),
+a command not yet started never starts, and the result is printed (``TaskEnded``, "Task was
+ended by user request."). With ``--job``: a first signal during the job preparation task ends
+it and the task never starts; the job release task still runs, and a second signal ends it.
 Heavy libraries (Docker, Azure Storage) are imported only when a task needs them.
 """
 
@@ -261,14 +269,25 @@ def _run(args: argparse.Namespace, config: AgentConfig) -> int:
     progress = _progress_for(specs)
     runner = build_runner(config, specs, progress=progress)
 
+    received: list[int] = []
+
+    def stop(sig: signal.Signals) -> None:
+        received.append(sig)
+        runner.interrupt()
+
     async def go() -> Any:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, runner.terminate, job_id, task.id)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop, sig)
         return await run_job_task(runner, task, job_id=job_id, job=job)
 
     with progress or contextlib.nullcontext():
         outcome = asyncio.run(go())
     with_job = bool(args.job or args.job_id)
     _emit(run_json(outcome, with_job=with_job), render_run(outcome, config), args.output)
-    return exit_status(outcome)
+    status = exit_status(outcome)
+    if status == 0 and received:
+        # The command succeeded but the run was stopped after it (an upload was cancelled):
+        # the status of a process ended by that signal, never a success.
+        return 128 + received[0]
+    return status

@@ -9,6 +9,15 @@ The wall clock starts with the running phase, downloads included, and applies pe
 exit code ``-signal``; it is not retried. Pre-processing and upload errors are not retried either.
 Output files are uploaded after every attempt whose process ran.
 
+A stop request (``terminate``; ``interrupt`` for the CLI's Ctrl-C / SIGTERM / SIGHUP) ends the
+phase the attempt is in: downloads and the container pull are cancelled and the command is
+never started; a running command is killed like on the wall clock, and its output files are
+still uploaded (as after a Batch terminate); an upload is cancelled. The task completes with
+``TaskEnded`` / UserError "Task was ended by user request." and is not retried. Under
+``run_job_task`` a first stop during the job preparation task ends it, and the task is never
+started (it completes with ``TaskEnded`` and no exit code); the job release task still runs, as
+Batch runs it when a job ends. A second stop ends the release task too.
+
 This module knows the ``Runner`` and hook protocols only; ``agent.cli`` (or the service) builds
 the concrete runners and hooks and hands them in.
 """
@@ -17,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from agent import cmdline
 from agent.config import AgentConfig
@@ -44,6 +53,11 @@ from agent.status import (
 
 UserResolver = Callable[[TaskBase, str, str], "TaskUser | FailureInfo"]
 HandleSink = Callable[[str, str, RunHandle | None], None]
+T = TypeVar("T")
+
+
+def ended_by_user() -> FailureInfo:
+    return FailureInfo.user("TaskEnded", "Task was ended by user request.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +113,7 @@ class TaskRunner:
     resolve_user: UserResolver
     on_handle: HandleSink | None = None
     progress: Any = None
+    interrupts: int = 0             # stop requests of the whole run so far (``interrupt``)
     _terminate: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
 
     @property
@@ -108,6 +123,13 @@ class TaskRunner:
     def terminate(self, job_id: str, task_id: str) -> None:
         """Ask a running task to end (user terminate): it completes with TaskEnded/UserError."""
         self._terminate.setdefault((job_id, task_id), asyncio.Event()).set()
+
+    def interrupt(self) -> None:
+        """A stop asked of the whole run (the CLI's Ctrl-C, SIGTERM, SIGHUP): every task running
+        now ends; ``run_job_task`` counts these to decide what still runs (module docstring)."""
+        self.interrupts += 1
+        for event in self._terminate.values():
+            event.set()
 
     def node_info(self, dirs: TaskDirs) -> NodeInfo:
         url = self.node.account_url.rstrip("/")
@@ -181,6 +203,8 @@ class TaskRunner:
                        stop: asyncio.Event) -> tuple[ExitResult | None, FailureInfo | None]:
         started_at = time.monotonic()
         deadline = started_at + limits.wall_clock.total_seconds() if limits.wall_clock else None
+        if stop.is_set():
+            return None, ended_by_user()    # stopped before it began: nothing is set up
         user = self.resolve_user(spec, kind, f"{job_id}/{task_id}")
         if isinstance(user, FailureInfo):
             return None, user
@@ -205,13 +229,14 @@ class TaskRunner:
         job_id, task_id, attempt, dirs, user = ctx.job_id, ctx.task_id, ctx.attempt, ctx.dirs, ctx.user
         try:
             async with asyncio.timeout_at(_loop_deadline(deadline)):
-                for hook in self.prestart:
-                    failure = await hook.prestart(ctx)
-                    if failure is not None:
-                        log.info("pre-processing failed", hook=hook.name, code=failure.code)
-                        return None, failure
+                stopped, failure = await _unless_stopped(self._prestart(ctx), stop)
         except TimeoutError:
             return None, wall_clock_failure
+        if stopped or stop.is_set():
+            log.info("task ended during pre-processing")
+            return None, ended_by_user()
+        if failure is not None:
+            return None, failure
         if not ctx.argv and ctx.container is None:
             return None, FailureInfo.user("CommandLaunchFailed", "The command line is empty",
                                           Message="commandLine: give the program to run")
@@ -229,19 +254,34 @@ class TaskRunner:
         try:
             result = await self._wait(runner, started, deadline, stop)
             if result is None:
-                ended_by = wall_clock_failure if not stop.is_set() else FailureInfo.user(
-                    "TaskEnded", "Task was ended by user request.")
+                ended_by = wall_clock_failure if not stop.is_set() else ended_by_user()
+                stop.clear()        # that stop is served by the kill; a new one cancels the upload
                 await runner.kill(started, self.config.tasks.kill_grace)
                 result = replace(await runner.wait(started), killed_by_agent=True)
         finally:
             await runner.cleanup(started)
             if self.on_handle:
                 self.on_handle(job_id, task_id, None)
+        stopped, upload_failure = await _unless_stopped(self._exited(ctx, result), stop)
+        if stopped:
+            log.info("task ended during output upload")
+            return result, ended_by or ended_by_user()
+        return result, ended_by or upload_failure
+
+    async def _prestart(self, ctx: TaskContext) -> FailureInfo | None:
+        for hook in self.prestart:
+            failure = await hook.prestart(ctx)
+            if failure is not None:
+                ctx.log.info("pre-processing failed", hook=hook.name, code=failure.code)
+                return failure
+        return None
+
+    async def _exited(self, ctx: TaskContext, result: ExitResult) -> FailureInfo | None:
         upload_failure: FailureInfo | None = None
         for exited_hook in self.exited:
             failure = await exited_hook.exited(ctx, result)
             upload_failure = upload_failure or failure
-        return result, ended_by or upload_failure
+        return upload_failure
 
     async def _wait(self, runner: Runner, handle: RunHandle, deadline: float | None,
                     stop: asyncio.Event) -> ExitResult | None:
@@ -269,6 +309,27 @@ class TaskRunner:
             settings=tuple(spec.environment_settings or ()),
         )
         return task_environment(self.node, self.layout, request)
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:
+    """``(False, result of work)``, or ``(True, None)`` when ``stop`` is set first: then ``work``
+    is cancelled (a transfer's threads stop with it, see ``agent.blob``) and awaited."""
+    job = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    stopped = False
+    try:
+        await asyncio.wait({job, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopped = not job.done()
+    finally:
+        stopper.cancel()
+        if not job.done():
+            job.cancel()
+            await asyncio.wait({job})
+    if stopped:
+        if not job.cancelled():
+            job.exception()         # retrieved: an error while being cancelled is not news
+        return True, None
+    return False, job.result()
 
 
 def _loop_deadline(deadline: float | None) -> float | None:
@@ -311,7 +372,11 @@ def special_task_info(outcome: TaskOutcome, *, retries: bool) -> dict[str, Any]:
 
 
 async def run_job_task(runner: TaskRunner, task: TaskSpec, *, job_id: str, job: JobSpec | None) -> JobOutcome:
-    """Prep (waitForSuccess semantics) -> the task -> release, as Batch would on one node (§9)."""
+    """Prep (waitForSuccess semantics) -> the task -> release, as Batch would on one node (§9).
+
+    Stop requests (``TaskRunner.interrupt``): after the first the task is not started (it
+    completes ``TaskEnded`` without running); the release task still runs, the second ends it.
+    """
     outcome = JobOutcome(job_id, None)
     prep = job.job_preparation_task if job else None
     if prep is not None:
@@ -321,11 +386,15 @@ async def run_job_task(runner: TaskRunner, task: TaskSpec, *, job_id: str, job: 
         if failed and prep.wait_for_success:
             outcome.preparation_blocked = True
     if not outcome.preparation_blocked:
+        if runner.interrupts:
+            runner.terminate(job_id, task.id)
         outcome.task = await runner.run(task, job_id=job_id, job=job, kind=TASK)
         outcome.job_state = outcome.task.job_state
         outcome.terminate_reason = outcome.task.terminate_reason
     release = job.job_release_task if job else None
     if release is not None and outcome.preparation is not None:
+        if runner.interrupts >= 2:
+            runner.terminate(job_id, release.id)
         outcome.release = await runner.run(release, job_id=job_id, job=job, kind=JOB_RELEASE,
                                            task_id=release.id)
     return outcome
