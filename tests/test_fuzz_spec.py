@@ -18,6 +18,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +28,8 @@ from test_spec import KITCHEN_SINK, SDK_14_PREP, SDK_14_RELEASE, SDK_15_BODY, SD
 from agent.errors import SpecError
 from agent.exits import Outcome, decide, decision_table
 from agent.spec import JobSpec, TaskCollection, TaskSpec, check_task_in_job, load_data
-from agent.taskrunner import limits_for
+from agent.spec.load import parse_json
+from agent.taskrunner import limits_for, split_command
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("task", "job", "collection", None)
@@ -268,3 +270,64 @@ def test_cli_validate_on_fuzzed_files(tmp_path: Path) -> None:
             assert str(path) in result.stderr, (path.name, result.stderr)
         else:
             assert "valid" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile strings and JSON: refused with a path, or accepted only if the node can use them
+
+HOSTILE = st.lists(st.sampled_from(["a", " ", "\t", "'", '"', "\\", "\x00", "\x01", "\x7f", "=", "[", "]", ":", "@",
+                                    "/", "?", "#", "%", "\u2603", "xn--", ".", "..", "\ud800", "é", "-"]),
+                   max_size=20).map("".join)
+STRING_PATHS: list[tuple[str | int, ...]] = [
+    ("commandLine",), ("environmentSettings", 0, "name"), ("environmentSettings", 0, "value"),
+    ("resourceFiles", 0, "httpUrl"), ("resourceFiles", 0, "filePath"), ("outputFiles", 0, "filePattern"),
+    ("outputFiles", 0, "destination", "container", "containerUrl"), ("outputFiles", 0, "destination", "container",
+                                                                     "path"),
+    ("containerSettings", "imageName"), ("containerSettings", "containerRunOptions"),
+]
+
+
+@FUZZ
+@given(path=st.sampled_from(STRING_PATHS), value=HOSTILE,
+       prefix=st.sampled_from(["", "https://", "http://h/", "http://[", "https://u:p@", "echo "]))
+def test_a_hostile_string_is_refused_with_its_path_or_can_be_used(path: tuple[str | int, ...], value: str,
+                                                                   prefix: str) -> None:
+    import httpx
+
+    data = mutate(KITCHEN_SINK, path, "replace", prefix + value)
+    try:
+        task = load_data(data, kind="task").model
+    except SpecError as exc:
+        assert any(i.path.split(".")[0].split("[")[0] == path[0] for i in exc.issues), exc.issues
+        return
+    assert isinstance(task, TaskSpec)
+    for text in (task.command_line, task.container_settings.container_run_options or ""):  # type: ignore[union-attr]
+        split_command(text)
+        assert "\x00" not in text
+    for setting in task.environment_settings or ():
+        assert "=" not in setting.name and "\x00" not in setting.name + (setting.value or "")
+        (setting.name + (setting.value or "")).encode("utf-8")
+    urls = [u for r in task.resource_files or () for u in (r.http_url, r.storage_container_url) if u] + [
+        o.destination.container.container_url for o in task.output_files or ()]
+    for url in urls:
+        assert urlsplit(url).hostname and urlsplit(url).port != 0
+        host = httpx.URL(url)
+        assert host.host
+        if ":" not in host.host:
+            host.raw_host.decode("ascii").encode("idna")
+    for name in [r.file_path or "" for r in task.resource_files or ()] + [o.file_pattern for o in task.output_files
+                                                                         or ()]:
+        name.encode("utf-8")
+        assert "\x00" not in name
+
+
+@FUZZ
+@given(where=st.integers(0, 10_000), key=st.sampled_from(["id", "commandLine", "elevationLevel", "x"]))
+def test_a_repeated_key_anywhere_is_refused_with_its_path(where: int, key: str) -> None:
+    text = json.dumps(KITCHEN_SINK)
+    opens = [i for i, c in enumerate(text) if c == "{"]
+    at = opens[where % len(opens)] + 1
+    text = text[:at] + f'"{key}": 1, "{key}": 2, ' + text[at:]
+    with pytest.raises(SpecError) as info:
+        parse_json(text)
+    assert any(i.path == key or i.path.endswith(f".{key}") for i in info.value.issues), info.value.issues
