@@ -12,9 +12,9 @@ through ``agent.userfiles.TaskFiles``, which does both as the task user when the
 the task ran as another, non-elevated user. A pattern thus never lists a file the task user could
 not, in ``fileuploadout.txt`` or in ``failureInfo``, and never uploads one.
 
-Log files are written with ``O_CREAT | O_EXCL | O_NOFOLLOW`` relative to the task dir's fd after
-unlinking the old name, so a link or hard link the task planted there is replaced, never written
-through; they are owned by the task user and mode 0644.
+Log files are made by ``agent.nodefs.create_file`` in the task dir (opened with no link on its
+path): the old name is unlinked and a new file created ``O_EXCL | O_NOFOLLOW``, so a link or hard
+link the task planted there is replaced, never written through; owned by the task user, mode 0644.
 
 Choices where Batch is silent (UNCONFIRMED): a pattern that matches nothing (literal or not) is
 logged, not an error; an unreadable file fails the upload (UserError, ``FileUploadMiscError``);
@@ -26,7 +26,6 @@ carries UPLOADER's ``code`` (by HTTP status) plus a ``message`` field.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import locale
@@ -38,6 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent import nodefs
 from agent.blob import BlobError, BlobTransport, blob_headers, upload_failure
 from agent.lifecycle import Progress
 from agent.patterns import MatchedFile, ResolvedPattern, blob_name, resolve_pattern
@@ -69,19 +69,12 @@ class UploadLog:
     """``fileuploadout.txt`` (timestamped lines) and ``fileuploaderr.txt`` (JSON on failure)."""
 
     def __init__(self, task_dir: Path, owner: tuple[int, int] | None) -> None:
-        self._dir = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._dir = nodefs.open_dir(task_dir)
         self._owner = owner
         self._out = self._create("fileuploadout.txt")
 
     def _create(self, name: str) -> int:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=self._dir)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                     dir_fd=self._dir)
-        os.fchmod(fd, 0o644)
-        if self._owner:
-            os.fchown(fd, *self._owner)
-        return fd
+        return nodefs.create_file(self._dir, name, 0o644, self._owner)
 
     def line(self, message: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
