@@ -19,7 +19,7 @@ from agent.exits import decision_table
 from agent.hooks.gate import used_fields
 from agent.layout import NodeLayout
 from agent.lifecycle import JOB_PREPARATION, JOB_RELEASE, TASK
-from agent.redact import MASK, redact_env_value, redact_url
+from agent.redact import MASK, redact_env_value, redact_text, redact_url
 from agent.runner import TaskUser
 from agent.spec import CLI_EXTENSION_FIELDS, SERVICE_ONLY_FIELDS, JobSpec, TaskBase, TaskSpec
 from agent.spec.durations import format_duration
@@ -141,7 +141,7 @@ def plan_task(spec: TaskBase, ctx: PlanContext, *, kind: str = TASK, task_id: st
         },
         "resourceFiles": _resource_files(spec, str(dirs.wd)),
         "environment": {k: redact_env_value(k, v) for k, v in sorted(env.items())},
-        "command": {"argv": list(argv), "shell": False, "cwd": str(dirs.wd), "user": user_text},
+        "command": {"argv": [redact_text(a) for a in argv], "shell": False, "cwd": str(dirs.wd), "user": user_text},
         "container": _container(spec, argv, env, user, kind, task_id, ctx),
         "limits": {
             "maxWallClockTime": format_duration(limits.wall_clock),

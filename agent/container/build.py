@@ -45,6 +45,7 @@ from agent.container.host import HostFacts
 from agent.container.runopts import RunOptionsError, parse_run_options
 from agent.environment import MOUNT_VARIABLES, strip_unmounted
 from agent.layout import NodeLayout, TaskDirs
+from agent.redact import redact_text
 from agent.runner import ContainerRequest, TaskUser
 from agent.spec import TaskContainerSettings
 
@@ -240,7 +241,7 @@ def describe(request: ContainerRequest, host: HostFacts | None = None) -> dict[s
     return {
         "image": request.image,
         "name": kw.get("name"),
-        "command": kw.get("command"),            # None: the image's CMD
+        "command": [redact_text(a) for a in kw["command"]] if kw.get("command") else None,  # None: image CMD
         "entrypoint": kw.get("entrypoint"),      # None: the image's ENTRYPOINT
         "mounts": mounts,
         "env": sorted(kw.get("environment", {})),
