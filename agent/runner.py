@@ -5,10 +5,18 @@ Two runners implement it: ``agent.process.ProcessRunner`` (native processes) and
 
 A launch failure (program not found, image missing at create time, ...) is a value: ``start``
 returns a ``FailureInfo`` instead of a handle. A non-zero exit is a value too (``ExitResult``).
+
+Restart safety. A handle is persisted before the agent relies on it; a restarted agent builds new
+runners and calls ``recover(handle)`` on each live one. ``True``: ``wait`` gives the REAL result
+(the command still runs, or it ended and its status was kept). ``False``: the attempt is lost
+(another boot, its supervisor died, its container is gone) and nothing of it is left running,
+so the caller requeues it. Cancelling ``wait`` (stopping the agent) never kills anything; only
+``kill`` and ``destroy`` do.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -66,14 +74,35 @@ class RunHandle:
     cgroup: str | None = None
     container_id: str | None = None
     marker: str | None = None         # value identifying the task's processes (sweep)
+    attempt_id: str | None = None     # the supervisor's key of a supervised process
+    boot_id: str | None = None        # the kernel's boot id at start: another boot is never re-attached
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunHandle:
+        """A handle written by ``to_json``, also by an older agent (a missing field is None)."""
         values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)}
         return cls(**values)
+
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """This boot's id (a random UUID the kernel makes at boot), or None where /proc lacks it."""
+    try:
+        with open(BOOT_ID_PATH) as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def same_boot(handle: RunHandle) -> bool:
+    """The handle was made during this boot (an old handle without a boot id: unknown, False)."""
+    return handle.boot_id is not None and handle.boot_id == boot_id()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +112,8 @@ class ExitResult:
     exit_code: int                    # the status; killed by a signal: minus the signal number
     killed_by_agent: bool = False     # the agent killed it (wall clock / terminate)
     container_info: ContainerInfo | None = None
+    lost: bool = False                # the status was lost while waiting (the supervisor died): the
+                                      # tree was killed and ``exit_code`` is -1; requeue, not a retry
 
 
 class Runner(Protocol):
@@ -100,4 +131,13 @@ class Runner(Protocol):
 
     async def cleanup(self, handle: RunHandle) -> None:
         """Release what the attempt held (cgroup, container) once its result is recorded."""
+        ...
+
+    async def recover(self, handle: RunHandle) -> bool:
+        """After an agent restart: True when ``wait`` can give the attempt's real result; False
+        when it is lost, and then nothing of it is left running (see the module docstring)."""
+        ...
+
+    async def destroy(self, handle: RunHandle) -> None:
+        """Kill and remove everything of the attempt at once (its task was deleted)."""
         ...

@@ -28,6 +28,7 @@ from agent.errors import RunnerError
 from agent.process import TOKEN_VAR, UNKNOWN_EXIT_CODE, ProcessRunner
 from agent.runner import ExitResult, RunHandle, RunRequest, TaskUser
 from agent.status import ErrorCategory, FailureInfo
+from agent.supervisor.client import SupervisorClient
 
 AGENT_USER = TaskUser(name="agent", uid=None, gid=None)
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -82,9 +83,18 @@ async def fifo(work: Path) -> AsyncIterator[Fifo]:
     pipe.close()
 
 
-@pytest.fixture
-def runner() -> ProcessRunner:
-    return ProcessRunner()
+@pytest.fixture(scope="session")
+def supervisor_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One node root (so one supervisor) for every supervised test of the session."""
+    return tmp_path_factory.mktemp("supervised-node")
+
+
+@pytest.fixture(params=["direct", "supervised"])
+def runner(request: pytest.FixtureRequest, supervisor_root: Path) -> ProcessRunner:
+    """Each test runs both ways: Popen in the agent, and through the node's supervisor."""
+    if request.param == "direct":
+        return ProcessRunner()
+    return ProcessRunner(supervisor=SupervisorClient(supervisor_root, idle=5.0))
 
 
 @pytest.fixture

@@ -41,10 +41,12 @@ What the supervisor does (``server``)
 - It spawns with ``subprocess.Popen`` exactly as ``ProcessRunner.start`` does today:
   ``executable``, argv, env, cwd, ``stdin`` /dev/null, stdout/stderr received as descriptors
   (``SCM_RIGHTS``, opened by the agent, so no Python sits in the data path), ``close_fds``,
-  a new session, uid/gid/groups, the agent's umask, and the cgroup join between fork and exec
-  (a ``preexec_fn`` that writes to the received ``cgroup.procs`` descriptor). This is safe
-  here because the supervisor has a single thread. Launch errors come back as errno,
-  strerror and filename.
+  a new session, uid/gid/groups, the agent's umask, and, in a ``preexec_fn`` that runs after
+  the user switch, the cgroup join (a write to the received ``cgroup.procs`` descriptor) and
+  the change into the working directory AS THE TASK USER (``fchdir`` on the received ``cwd``
+  descriptor, which the agent opened without following links; never Popen's ``cwd``, which
+  chdirs as root before the switch). This is safe here because the supervisor has a single
+  thread. Launch errors come back as errno, strerror and filename.
 - It is the child subreaper (``PR_SET_CHILD_SUBREAPER``): orphans from a task's tree are reaped
   by one ``waitpid(-1)`` loop, woken by SIGCHLD through ``set_wakeup_fd``, and do not end up
   as zombies under init (or under a PID 1 in a container that never reaps).
@@ -59,7 +61,7 @@ What the supervisor does (``server``)
 Protocol: JSON lines over SOCK_STREAM, one request and then its reply; the server greets first.
     <- {"ok":true,"pid":P,"version":1}                     on accept (the client was accepted)
     -> {"op":"spawn","id":A,"argv":[..],"executable":X,"cwd":C,"env":{..},"uid":U,"gid":G,
-        "groups":[..],"umask":M,"fds":["stdout","stderr"(,"cgroup")]}  + SCM_RIGHTS fds
+        "groups":[..],"umask":M,"fds":["stdout","stderr"(,"cgroup")(,"cwd")]}  + SCM_RIGHTS fds
     <- {"ok":true,"pid":N} | {"ok":false,"error":"launch","errno":E,"strerror":S,"filename":F}
        | {"ok":false,"error":"exists"|"draining"|"protocol",...}
     -> {"op":"wait","id":A}       <- (when it ends) {"ok":true,"state":"exited","code":C}

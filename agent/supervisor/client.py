@@ -70,6 +70,7 @@ class SpawnRequest:
     stdout: int                       # opened by the caller, which keeps and closes it
     stderr: int
     cgroup_procs: int | None = None   # <cgroup>/cgroup.procs opened O_WRONLY: joined before exec
+    cwd_fd: int | None = None         # ``cwd`` opened without links: fchdir'd as the task user
     uid: int | None = None
     gid: int | None = None
     groups: Sequence[int] | None = None
@@ -137,6 +138,9 @@ class SupervisorClient:
         if request.cgroup_procs is not None:
             names.append("cgroup")
             fds.append(request.cgroup_procs)
+        if request.cwd_fd is not None:
+            names.append("cwd")
+            fds.append(request.cwd_fd)
         message = {"op": "spawn", "id": check_attempt_id(request.attempt), "argv": list(request.argv),
                    "executable": request.executable, "cwd": str(request.cwd), "env": dict(request.env),
                    "uid": request.uid, "gid": request.gid,

@@ -31,8 +31,8 @@ LOCK_NAME = "supervisor.lock"
 LOG_NAME = "supervisor.log"
 EXITS_NAME = "exits"
 MAX_LINE = 8 << 20          # an env block plus argv stays far below this (ARG_MAX is 2 MiB)
-MAX_FDS = 3                 # stdout, stderr, cgroup.procs
-FD_NAMES = ("stdout", "stderr", "cgroup")
+MAX_FDS = 4                 # stdout, stderr, cgroup.procs, the working directory
+FD_NAMES = ("stdout", "stderr", "cgroup", "cwd")
 _ATTEMPT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 

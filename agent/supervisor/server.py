@@ -233,18 +233,22 @@ class Supervisor:
             env = {str(k): str(v) for k, v in req["env"].items()}
             procs = given.get("cgroup")
             uid, gid, groups = req.get("uid"), req.get("gid"), req.get("groups")
+            cwd: int | str = given["cwd"] if "cwd" in given else str(req["cwd"])
             try:
                 child = subprocess.Popen(
-                    argv, executable=req.get("executable"), cwd=req["cwd"], env=env,
+                    argv, executable=req.get("executable"), env=env,
                     stdin=subprocess.DEVNULL, stdout=given.get("stdout"), stderr=given.get("stderr"),
-                    close_fds=True, start_new_session=True,
-                    preexec_fn=_join(procs) if procs is not None else None,
+                    close_fds=True, start_new_session=True, preexec_fn=_prepare(procs, cwd),
                     user=uid, group=gid, extra_groups=groups, umask=-1 if umask is None else int(umask))
             except OSError as exc:
                 return {"ok": False, "error": "launch", "errno": exc.errno, "strerror": exc.strerror,
                         "filename": None if exc.filename is None else str(exc.filename)}
             except (ValueError, subprocess.SubprocessError) as exc:
-                return {"ok": False, "error": "launch", "message": str(exc)}
+                # The preexec step failed: the task user cannot enter its working directory.
+                cwd_failed = isinstance(exc, subprocess.SubprocessError) and "preexec" in str(exc)
+                return {"ok": False, "error": "launch", "message": str(exc),
+                        **({"filename": str(req["cwd"]), "strerror": "cannot enter it as the task user"}
+                           if cwd_failed else {})}
             if procs is not None:
                 with contextlib.suppress(OSError):        # only where the child's own write was refused
                     os.write(procs, str(child.pid).encode())
@@ -354,12 +358,24 @@ class Supervisor:
         conn.sock.close()
 
 
-def _join(fd: int) -> Callable[[], None]:
-    def join() -> None:
-        # Between fork and exec in a single-threaded process: one write, no lock, no import.
-        with contextlib.suppress(OSError):
-            os.write(fd, b"0")
-    return join
+def _prepare(procs: int | None, cwd: int | str) -> Callable[[], None]:
+    """The child's last steps before exec, run AFTER subprocess switched to the task user.
+
+    Join the cgroup (one write on the inherited ``cgroup.procs`` descriptor), then change into
+    the working directory as the task user: ``fchdir`` on the descriptor the agent opened
+    without following links, else ``chdir`` on the path with the task user's permissions. Popen's
+    own ``cwd`` would chdir as root before the switch (a task could swap the name for a link to a
+    directory it may not enter). Single-threaded process: no lock, no import.
+    """
+    def prepare() -> None:
+        if procs is not None:
+            with contextlib.suppress(OSError):
+                os.write(procs, b"0")
+        if isinstance(cwd, int):
+            os.fchdir(cwd)
+        else:
+            os.chdir(cwd)
+    return prepare
 
 
 def _log(event: str, **fields: object) -> None:
