@@ -76,6 +76,10 @@ class RunHandle:
     marker: str | None = None         # value identifying the task's processes (sweep)
     attempt_id: str | None = None     # the supervisor's key of a supervised process
     boot_id: str | None = None        # the kernel's boot id at start: another boot is never re-attached
+    stdout: str | None = None         # a container's output files and their owner, to resume
+    stderr: str | None = None         # the log stream into them after a restart
+    log_uid: int | None = None
+    log_gid: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -93,6 +93,10 @@ async def sweep_orphans(client: Any, node_root: Path, owned: Owned = ()) -> list
     """``remove_orphans`` from async code.
 
     The CLI calls it at the start of ``run`` for a container task (``owned`` empty: nothing of
-    a dead agent on this root survives), a service at start-up with its running tasks.
+    a dead agent on this root survives). A service calls it at start-up with the container ids
+    of EVERY live handle in its store, recovered or about to be (``owned``): a container started
+    by the agent process that died carries that dead agent's ``batch-agent.agent`` label, so
+    only ``owned`` keeps the sweep off it. The set is a parameter, never module state, so two
+    runners in one process cannot disagree about it.
     """
     return await asyncio.to_thread(remove_orphans, client, owned, node_root=node_root)

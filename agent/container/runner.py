@@ -27,6 +27,15 @@ How (the engine facts are in ../shared/docs/test-infra.md §1):
   main process exit code"); ``containerInfo`` is read from the inspect made after the stop.
 - ``cleanup`` removes the container (and its anonymous volumes) after ``--rm`` or after the
   agent killed it; otherwise it is kept for inspection until the orphan sweep (``orphans``).
+  ``destroy`` (the task was deleted) removes it at once, running or not.
+- ``recover`` (after an agent restart) finds the container by the handle's id and checks the
+  ``batch-agent.node-root`` label (a container without it is never touched). Gone -> False.
+  From another boot (the handle's ``boot_id``) -> False, and it is removed: nothing of an
+  attempt that is requeued may run on. Running or exited -> True: its output is resumed from
+  the engine's log into the two files without loss or duplicates (``output``), and ``wait``
+  returns the engine's real exit code. A recovering service passes the ids of its live handles
+  to the orphan sweep (``sweep_orphans(owned=...)``), which must never run before them.
+- Cancelling ``wait`` (the agent stops) leaves the container running; only ``kill`` stops it.
 """
 
 from __future__ import annotations
@@ -38,15 +47,15 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from agent.config import DockerConfig
 from agent.container.build import LABEL_NODE_ROOT, LABEL_REMOVE
 from agent.container.orphans import LABEL_AGENT, agent_token
+from agent.container.output import close_streams, open_output, pump_demuxed, resume
 from agent.errors import RunnerError
 from agent.logs import get_logger
-from agent.nodefs import create_at
-from agent.runner import ExitResult, RunHandle, RunRequest, TaskUser
+from agent.runner import ExitResult, RunHandle, RunRequest, boot_id, same_boot
 from agent.status import ContainerInfo, FailureInfo
 
 T = TypeVar("T")
@@ -97,8 +106,8 @@ class _Attempt:
     """What the runner holds for one started container until ``cleanup``."""
 
     remove_after: bool
-    stream: Any = None                       # the attach stream (docker CancellableStream)
-    pump: threading.Thread | None = None
+    streams: list[Any] = field(default_factory=list)       # docker CancellableStreams
+    pumps: list[threading.Thread] = field(default_factory=list)
     pump_error: list[BaseException] = field(default_factory=list)
     killed: bool = False
 
@@ -126,32 +135,6 @@ def _create(client: Any, image: str, kwargs: Mapping[str, Any]) -> str:
 
     args = _create_container_args({**_to_sdk(kwargs), "image": image, "version": client.api._version})
     return str(client.api.create_container(**args)["Id"])
-
-
-OUTPUT_MODE = 0o640             # as the native runner's logs: the task user and its group
-
-
-def _open_output(path: Path, user: TaskUser) -> IO[bytes]:
-    """A fresh log file, never an object a task planted at ``path`` (see ``agent.nodefs``)."""
-    owner = (user.uid, user.gid if user.gid is not None else -1) if user.uid is not None else None
-    return open(create_at(path, OUTPUT_MODE, owner), "wb")
-
-
-def _pump(stream: Any, out: IO[bytes], err: IO[bytes], errors: list[BaseException]) -> None:
-    """Copy the demuxed attach stream to the two files, chunk by chunk, until it ends."""
-    try:
-        for chunk_out, chunk_err in stream:
-            if chunk_out:
-                out.write(chunk_out)
-                out.flush()
-            if chunk_err:
-                err.write(chunk_err)
-                err.flush()
-    except Exception as exc:  # reported by wait(); the thread must not die silently
-        errors.append(exc)
-    finally:
-        out.close()
-        err.close()
 
 
 async def in_daemon_thread(fn: Callable[[], T]) -> T:
@@ -265,33 +248,36 @@ class ContainerRunner:
             return _create_failure(exc)
         attempt = _Attempt(remove_after=container.remove_after)
         try:
-            out = _open_output(request.stdout, request.user)
-            err = _open_output(request.stderr, request.user)
+            out = open_output(request.stdout, request.user)
+            err = open_output(request.stderr, request.user)
         except OSError as exc:
             self._discard(client, container_id)
             return FailureInfo.server("ContainerMiscError", "The task's stdout.txt / stderr.txt could not "
                                       "be created", Message=f"{exc.strerror or exc}: {exc.filename or ''}")
         try:
-            attempt.stream = client.api.attach(container_id, stdout=True, stderr=True, stream=True,
-                                               logs=True, demux=True)
+            stream = client.api.attach(container_id, stdout=True, stderr=True, stream=True,
+                                       logs=True, demux=True)
         except BaseException:
             out.close()
             err.close()
             self._discard(client, container_id)
             raise
+        attempt.streams.append(stream)
         self._attempts[container_id] = attempt
-        attempt.pump = threading.Thread(target=_pump, args=(attempt.stream, out, err, attempt.pump_error),
-                                         name=f"batch-agent-logs-{container_id[:12]}", daemon=True)
-        attempt.pump.start()
+        attempt.pumps.append(threading.Thread(target=pump_demuxed, args=(stream, out, err, attempt.pump_error),
+                                              name=f"batch-agent-logs-{container_id[:12]}", daemon=True))
+        attempt.pumps[0].start()
         try:
             client.api.start(container_id)
         except APIError as exc:
             # The engine keeps the error and an exit code in the container's state; wait() reports.
             log.info("container start failed", container_id=container_id[:12], error=exc.explanation)
-            _close_stream(attempt)
+            close_streams(attempt.streams, attempt.pumps)
         else:
             log.info("container started", container_id=container_id[:12], image=container.image)
-        return RunHandle(kind="container", container_id=container_id)
+        return RunHandle(kind="container", container_id=container_id, boot_id=boot_id(),
+                         stdout=str(request.stdout), stderr=str(request.stderr),
+                         log_uid=request.user.uid, log_gid=request.user.gid)
 
     @staticmethod
     def _discard(client: Any, container_id: str) -> None:
@@ -319,8 +305,9 @@ class ContainerRunner:
             except requests.exceptions.ConnectionError:
                 client.api.inspect_container(container_id)  # gone / engine down: raise from here
         attempt = self._attempts.get(container_id)
-        if attempt is not None and attempt.pump is not None:
-            attempt.pump.join()
+        if attempt is not None and attempt.pumps:
+            for pump in attempt.pumps:
+                pump.join()
             if attempt.pump_error:
                 get_logger(container_id=container_id[:12]).warning(
                     "container output stream broke", error=repr(attempt.pump_error[0]))
@@ -367,7 +354,7 @@ class ContainerRunner:
 
         client = resolve_client(self.client)
         if attempt is not None:
-            _close_stream(attempt)
+            close_streams(attempt.streams, attempt.pumps)
             remove = attempt.remove_after or attempt.killed
         else:  # after an agent restart: the label remembers --rm
             try:
@@ -379,6 +366,54 @@ class ContainerRunner:
             with contextlib.suppress(NotFound):
                 client.api.remove_container(container_id, v=True, force=True)
 
+    async def destroy(self, handle: RunHandle) -> None:
+        """Remove the container at once, running or not, with its anonymous volumes."""
+        container_id = _container_id(handle)
+        attempt = self._attempts.pop(container_id, None)
+        await asyncio.to_thread(self._destroy, container_id, attempt)
+
+    def _destroy(self, container_id: str, attempt: _Attempt | None) -> None:
+        from docker.errors import NotFound
+
+        if attempt is not None:
+            close_streams(attempt.streams, attempt.pumps)
+        with contextlib.suppress(NotFound):
+            resolve_client(self.client).api.remove_container(container_id, v=True, force=True)
+
+    # --- recover -------------------------------------------------------------------------------
+
+    async def recover(self, handle: RunHandle) -> bool:
+        """Re-attach after an agent restart (module docstring): True when ``wait`` gives the
+        container's real exit code, False when it is gone or from another boot (then removed)."""
+        container_id = _container_id(handle)
+        return await asyncio.to_thread(self._recover, handle, container_id)
+
+    def _recover(self, handle: RunHandle, container_id: str) -> bool:
+        from docker.errors import NotFound
+
+        client = resolve_client(self.client)
+        try:
+            info = client.api.inspect_container(container_id)
+        except NotFound:
+            return False
+        labels = info["Config"].get("Labels") or {}
+        if LABEL_NODE_ROOT not in labels:
+            raise RunnerError(f"container {container_id[:12]} is not a batch-agent container: not recovered")
+        if handle.boot_id is not None and not same_boot(handle):
+            self._destroy(container_id, None)
+            return False
+        attempt = _Attempt(remove_after=labels.get(LABEL_REMOVE) == "true")
+        if handle.stdout and handle.stderr:
+            attempt.streams, attempt.pumps = resume(
+                client, container_id, (Path(handle.stdout), Path(handle.stderr)),
+                handle.log_uid, handle.log_gid, attempt.pump_error)
+        old = self._attempts.pop(container_id, None)
+        if old is not None:
+            close_streams(old.streams, old.pumps)
+        self._attempts[container_id] = attempt
+        get_logger(container_id=container_id[:12]).info("container recovered", state=info["State"].get("Status"))
+        return True
+
 
 MAX_STOP_TIMEOUT = 86_400
 
@@ -389,22 +424,6 @@ def stop_timeout(grace: float) -> int:
     if math.isnan(grace) or grace <= 0:
         return 0
     return MAX_STOP_TIMEOUT if grace >= MAX_STOP_TIMEOUT else math.ceil(grace)
-
-
-def _close_stream(attempt: _Attempt) -> None:
-    """Close the attach stream for good. ``CancellableStream.close`` shuts the socket down (which
-    unblocks a reader) but leaves the response holding its file descriptor, so the response is
-    closed as well (a private attribute of docker-py: there is no public way)."""
-    stream = attempt.stream
-    if stream is None:
-        return
-    if attempt.pump is not None and attempt.pump.is_alive():
-        stream.close()
-    response = getattr(stream, "_response", None)
-    if response is not None:
-        with contextlib.suppress(OSError, ValueError):
-            response.close()
-    attempt.stream = None
 
 
 def _container_id(handle: RunHandle) -> str:
