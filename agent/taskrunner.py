@@ -25,10 +25,11 @@ the concrete runners and hooks and hands them in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from agent import cmdline
@@ -36,10 +37,25 @@ from agent.config import AgentConfig
 from agent.environment import NodeIdentity, TaskEnvRequest, task_environment
 from agent.exits import Outcome, decide, job_effect
 from agent.layout import NodeLayout, TaskDirs
-from agent.lifecycle import JOB_PREPARATION, JOB_RELEASE, TASK, ExitedHook, PrestartHook, TaskContext
+from agent.lifecycle import (
+    JOB_PREPARATION,
+    JOB_RELEASE,
+    START,
+    TASK,
+    AttemptRetrying,
+    AttemptStarted,
+    AttemptStarting,
+    ExitedHook,
+    Journal,
+    Limits,
+    PrestartHook,
+    TaskContext,
+    TaskFinished,
+    TaskOutcome,
+)
 from agent.logs import get_logger
 from agent.runner import ExitResult, RunHandle, Runner, RunRequest, TaskUser
-from agent.spec import JobPreparationTask, JobReleaseTask, JobSpec, TaskBase, TaskSpec
+from agent.spec import JobPreparationTask, JobReleaseTask, JobSpec, StartTask, TaskBase, TaskSpec
 from agent.status import (
     ExecutionInfo,
     ExitDecision,
@@ -53,24 +69,25 @@ from agent.status import (
 
 UserResolver = Callable[[TaskBase, str, str], "TaskUser | FailureInfo"]
 HandleSink = Callable[[str, str, RunHandle | None], None]
+TokenSource = Callable[[str, str], str]        # (job id, task id) -> AZ_BATCH_AUTHENTICATION_TOKEN
+StartedSink = Callable[[RunHandle], Awaitable[None]]
 T = TypeVar("T")
+LOST = "lost"
+
+__all__ = ["LOST", "JobOutcome", "Limits", "TaskOutcome", "TaskRunner", "limits_for", "run_job_task",
+           "special_task_info", "split_command"]
 
 
 def ended_by_user() -> FailureInfo:
     return FailureInfo.user("TaskEnded", "Task was ended by user request.")
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    wall_clock: timedelta | None
-    max_retries: int            # -1 = unlimited
-    retention: timedelta | None
-
-
 def limits_for(spec: TaskBase, job: JobSpec | None) -> Limits:
     """The effective constraints of a task (task constraints, else the job's; §5, §9)."""
     if isinstance(spec, JobReleaseTask):
         return Limits(spec.max_wall_clock_time, 0, spec.retention_time)
+    if isinstance(spec, StartTask):
+        return Limits(None, spec.max_task_retry_count or 0, None)
     constraints = getattr(spec, "constraints", None)
     job_retries = job.constraints.max_task_retry_count if job and job.constraints else None
     if isinstance(spec, JobPreparationTask):
@@ -91,17 +108,6 @@ def split_command(command_line: str) -> tuple[str, ...]:
 
 
 @dataclass(slots=True)
-class TaskOutcome:
-    """What running a task produced: the Batch status plus the job effect and the limits."""
-
-    status: TaskStatus
-    job_state: JobState = JobState.ACTIVE
-    terminate_reason: str | None = None
-    ran: bool = False           # the command started at least once
-    limits: Limits | None = None
-
-
-@dataclass(slots=True)
 class TaskRunner:
     """Runs tasks of one node. Concrete runners and hooks are injected."""
 
@@ -112,6 +118,7 @@ class TaskRunner:
     exited: Sequence[ExitedHook]
     resolve_user: UserResolver
     on_handle: HandleSink | None = None
+    issue_token: TokenSource | None = None     # authenticationTokenSettings (the service's issuer)
     progress: Any = None
     interrupts: int = 0             # stop requests of the whole run so far (``interrupt``)
     _terminate: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
@@ -138,25 +145,68 @@ class TaskRunner:
                         task_root_directory_url=f"{url}/pools/{self.node.pool_id}/nodes/"
                                                 f"{self.node.node_id}/files/{dirs.relative}")
 
+    def dirs_for(self, kind: str, job_id: str, task_id: str) -> TaskDirs:
+        return self.layout.startup_task() if kind == START else self.layout.task(job_id, task_id)
+
     async def run(self, spec: TaskBase, *, job_id: str, job: JobSpec | None = None,
-                  kind: str = TASK, task_id: str | None = None) -> TaskOutcome:
-        """Run a task to completion, retries included."""
+                  kind: str = TASK, task_id: str | None = None, journal: Journal | None = None,
+                  info: ExecutionInfo | None = None) -> TaskOutcome:
+        """Run a task to completion, retries included. ``info``: the counts so far (a requeued
+        task keeps its retryCount / requeueCount); ``journal``: where each phase is recorded."""
+        outcome = await self._drive(spec, job_id, job, kind, task_id, journal, info or ExecutionInfo(), None)
+        assert outcome is not None, "an attempt is lost only under a supervised runner: use run_durable"
+        return outcome
+
+    async def run_durable(self, spec: TaskBase, *, job_id: str, journal: Journal, job: JobSpec | None = None,
+                          kind: str = TASK, task_id: str | None = None,
+                          info: ExecutionInfo | None = None) -> TaskOutcome | None:
+        """``run`` for the service: None when the runner lost the attempt (``ExitResult.lost``: its
+        supervisor died while the command ran; the tree was killed): requeue, not a retry."""
+        return await self._drive(spec, job_id, job, kind, task_id, journal, info or ExecutionInfo(), None)
+
+    async def resume(self, spec: TaskBase, *, job_id: str, handle: RunHandle, info: ExecutionInfo,
+                     job: JobSpec | None = None, kind: str = TASK, task_id: str | None = None,
+                     journal: Journal | None = None) -> TaskOutcome | None:
+        """Continue the attempt whose command ``handle`` started before an agent restart.
+
+        ``runner.recover(handle)`` says whether ``wait`` will give the real exit result; if so the
+        attempt goes on as if never interrupted: wait under what is left of the wall clock (from
+        ``info.start_time``), exited hooks (uploads overwrite), decision, retry or finish. None:
+        the command is lost (nothing of it is left running: a runner without ``recover`` kills
+        it), and the caller requeues the task."""
+        return await self._drive(spec, job_id, job, kind, task_id, journal, info, handle)
+
+    async def _drive(self, spec: TaskBase, job_id: str, job: JobSpec | None, kind: str, task_id: str | None,
+                     journal: Journal | None, info: ExecutionInfo, resume: RunHandle | None) -> TaskOutcome | None:
         task_id = task_id or getattr(spec, "id", None) or kind
-        layout = self.layout
-        dirs = layout.task(job_id, task_id)
+        dirs = self.dirs_for(kind, job_id, task_id)
         limits = limits_for(spec, job)
         log = get_logger(job_id=job_id, task_id=task_id)
         stop = self._terminate.setdefault((job_id, task_id), asyncio.Event())
-        info = ExecutionInfo()
-        ran = False
-        attempt = 0
+        ran = resume is not None
+        attempt = info.retry_count
+        result: ExitResult | None = None
         try:
             while True:
-                start = utcnow()
-                info = replace(info, start_time=start, end_time=None, exit_code=None, failure_info=None,
-                               container_info=None)
-                result, failure = await self._attempt(spec, job, kind, job_id, task_id, attempt, dirs,
-                                                      limits, log.bind(attempt=attempt), stop)
+                if resume is not None:
+                    resumed = await self._resume_attempt(spec, job, kind, job_id, task_id, attempt, dirs, limits,
+                                                         log.bind(attempt=attempt), stop, resume, info)
+                    resume = None
+                    if resumed == LOST:
+                        return None
+                    assert not isinstance(resumed, str)
+                    result, failure = resumed
+                else:
+                    info = replace(info, start_time=utcnow(), end_time=None, exit_code=None, failure_info=None,
+                                   container_info=None)
+                    if journal is not None:
+                        await journal.starting(AttemptStarting(kind, job_id, task_id, attempt, info))
+                    started = _started_sink(journal, kind, job_id, task_id, attempt, info)
+                    result, failure = await self._attempt(spec, job, kind, job_id, task_id, attempt, dirs, limits,
+                                                          log.bind(attempt=attempt), stop, started)
+                if result is not None and result.lost:
+                    log.info("attempt lost by the runner")
+                    return None
                 ran = ran or result is not None
                 info = replace(info, exit_code=result.exit_code if result else None,
                                container_info=result.container_info if result else None)
@@ -166,6 +216,8 @@ class TaskRunner:
                     attempt += 1
                     info = replace(info, retry_count=attempt, last_retry_time=utcnow())
                     log.info("retrying task", retry_count=attempt, exit_code=result.exit_code)
+                    if journal is not None:
+                        await journal.retrying(AttemptRetrying(kind, job_id, task_id, attempt - 1, info))
                     continue
                 if failure is None and result is not None and result.exit_code != 0:
                     failure = FailureInfo.user("FailureExitCode",
@@ -187,6 +239,8 @@ class TaskRunner:
             outcome.job_state, outcome.terminate_reason = effect.state, effect.terminate_reason
         log.info("task completed", exit_code=info.exit_code,
                  failure=info.failure_info.code if info.failure_info else None)
+        if journal is not None:
+            await journal.finished(TaskFinished(kind, job_id, task_id, attempt, outcome))
         return outcome
 
     def _decide(self, spec: TaskBase, info: ExecutionInfo, *, result_ran: bool) -> ExitDecision:
@@ -198,34 +252,73 @@ class TaskRunner:
             return decide(conditions, Outcome.upload_error(info.exit_code))
         return decide(conditions, Outcome.exited(info.exit_code))
 
+    def _context(self, spec: TaskBase, job: JobSpec | None, kind: str, job_id: str, task_id: str,
+                 attempt: int, dirs: TaskDirs, log: Any) -> TaskContext | FailureInfo:
+        user = self.resolve_user(spec, kind, f"{job_id}/{task_id}")
+        if isinstance(user, FailureInfo):
+            return user
+        try:
+            argv = split_command(spec.command_line)
+        except ValueError as exc:
+            return FailureInfo.user("CommandLaunchFailed", "The command line could not be parsed",
+                                    Message=f"commandLine: {exc}")
+        return TaskContext(kind=kind, job_id=job_id, task_id=task_id, attempt=attempt, spec=spec, job=job,
+                           layout=self.layout, dirs=dirs, user=user,
+                           env=self._environment(spec, job, kind, job_id, task_id, dirs, user),
+                           argv=argv, config=self.config, log=log, progress=self.progress)
+
+    def _wall_clock_failure(self, limits: Limits) -> FailureInfo:
+        return FailureInfo.server(self.config.tasks.wall_clock_failure_code,
+                                  "The task ran longer than its maxWallClockTime and was terminated",
+                                  Message=f"maxWallClockTime {limits.wall_clock} expired")
+
     async def _attempt(self, spec: TaskBase, job: JobSpec | None, kind: str, job_id: str, task_id: str,
                        attempt: int, dirs: TaskDirs, limits: Limits, log: Any,
-                       stop: asyncio.Event) -> tuple[ExitResult | None, FailureInfo | None]:
+                       stop: asyncio.Event, started: StartedSink | None = None,
+                       ) -> tuple[ExitResult | None, FailureInfo | None]:
         started_at = time.monotonic()
         deadline = started_at + limits.wall_clock.total_seconds() if limits.wall_clock else None
         if stop.is_set():
             return None, ended_by_user()    # stopped before it began: nothing is set up
-        user = self.resolve_user(spec, kind, f"{job_id}/{task_id}")
-        if isinstance(user, FailureInfo):
-            return None, user
-        try:
-            argv = split_command(spec.command_line)
-        except ValueError as exc:
-            return None, FailureInfo.user("CommandLaunchFailed", "The command line could not be parsed",
-                                          Message=f"commandLine: {exc}")
-        ctx = TaskContext(kind=kind, job_id=job_id, task_id=task_id, attempt=attempt, spec=spec, job=job,
-                          layout=self.layout, dirs=dirs, user=user,
-                          env=self._environment(spec, job, kind, job_id, task_id, dirs, user),
-                          argv=argv, config=self.config, log=log, progress=self.progress)
-        wall_clock_failure = FailureInfo.server(
-            self.config.tasks.wall_clock_failure_code,
-            "The task ran longer than its maxWallClockTime and was terminated",
-            Message=f"maxWallClockTime {limits.wall_clock} expired")
+        ctx = self._context(spec, job, kind, job_id, task_id, attempt, dirs, log)
+        if isinstance(ctx, FailureInfo):
+            return None, ctx
         async with ctx.cleanup:
-            return await self._run_attempt(ctx, deadline, stop, log, wall_clock_failure)
+            return await self._run_attempt(ctx, deadline, stop, log, self._wall_clock_failure(limits), started)
+
+    async def _resume_attempt(self, spec: TaskBase, job: JobSpec | None, kind: str, job_id: str, task_id: str,
+                              attempt: int, dirs: TaskDirs, limits: Limits, log: Any, stop: asyncio.Event,
+                              handle: RunHandle, info: ExecutionInfo,
+                              ) -> tuple[ExitResult | None, FailureInfo | None] | str:
+        runner = self.runners.get(handle.kind)
+        if runner is None:
+            return LOST
+        recover = getattr(runner, "recover", None)
+        alive = bool(await recover(handle)) if recover is not None else False
+        if not alive:
+            if recover is None:         # no way to learn its real exit: leave nothing running
+                await runner.kill(handle, self.config.tasks.kill_grace)
+            with contextlib.suppress(Exception):
+                await runner.cleanup(handle)
+            log.info("attempt lost across the restart", runner=handle.kind)
+            return LOST
+        deadline: float | None = None
+        if limits.wall_clock is not None and info.start_time is not None:
+            left = (info.start_time + limits.wall_clock - utcnow()).total_seconds()
+            deadline = time.monotonic() + max(0.0, left)
+        ctx = self._context(spec, job, kind, job_id, task_id, attempt, dirs, log)
+        if isinstance(ctx, FailureInfo):        # the account went away: end the command, no result
+            await runner.kill(handle, self.config.tasks.kill_grace)
+            await runner.cleanup(handle)
+            return None, ctx
+        log.info("re-attached to the running attempt", runner=handle.kind)
+        async with ctx.cleanup:
+            return await self._finish_attempt(ctx, runner, handle, deadline, stop, log,
+                                              self._wall_clock_failure(limits))
 
     async def _run_attempt(self, ctx: TaskContext, deadline: float | None, stop: asyncio.Event, log: Any,
-                           wall_clock_failure: FailureInfo) -> tuple[ExitResult | None, FailureInfo | None]:
+                           wall_clock_failure: FailureInfo, started_sink: StartedSink | None = None,
+                           ) -> tuple[ExitResult | None, FailureInfo | None]:
         job_id, task_id, attempt, dirs, user = ctx.job_id, ctx.task_id, ctx.attempt, ctx.dirs, ctx.user
         try:
             async with asyncio.timeout_at(_loop_deadline(deadline)):
@@ -248,8 +341,15 @@ class TaskRunner:
         started = await runner.start(request)
         if isinstance(started, FailureInfo):
             return None, started
+        if started_sink is not None:
+            await asyncio.shield(started_sink(started))     # durable before anything waits on it
         if self.on_handle:
             self.on_handle(job_id, task_id, started)
+        return await self._finish_attempt(ctx, runner, started, deadline, stop, log, wall_clock_failure)
+
+    async def _finish_attempt(self, ctx: TaskContext, runner: Runner, started: RunHandle, deadline: float | None,
+                              stop: asyncio.Event, log: Any, wall_clock_failure: FailureInfo,
+                              ) -> tuple[ExitResult | None, FailureInfo | None]:
         ended_by: FailureInfo | None = None
         try:
             result = await self._wait(runner, started, deadline, stop)
@@ -261,7 +361,7 @@ class TaskRunner:
         finally:
             await runner.cleanup(started)
             if self.on_handle:
-                self.on_handle(job_id, task_id, None)
+                self.on_handle(ctx.job_id, ctx.task_id, None)
         stopped, upload_failure = await _unless_stopped(self._exited(ctx, result), stop)
         if stopped:
             log.info("task ended during output upload")
@@ -299,6 +399,12 @@ class TaskRunner:
             stopper.cancel()
         return None
 
+    def _token(self, spec: TaskBase, kind: str, job_id: str, task_id: str) -> str | None:
+        settings = getattr(spec, "authentication_token_settings", None)
+        if self.issue_token is None or kind == START or settings is None or "job" not in (settings.access or ()):
+            return None
+        return self.issue_token(job_id, task_id)
+
     def _environment(self, spec: TaskBase, job: JobSpec | None, kind: str, job_id: str, task_id: str,
                      dirs: TaskDirs, user: TaskUser) -> dict[str, str]:
         prep = job.job_preparation_task if job else None
@@ -307,8 +413,19 @@ class TaskRunner:
             prep_dirs=self.layout.task(job_id, prep.id) if prep else None,
             common=tuple(job.common_environment_settings or ()) if job else (),
             settings=tuple(spec.environment_settings or ()),
+            auth_token=self._token(spec, kind, job_id, task_id),
         )
         return task_environment(self.node, self.layout, request)
+
+
+def _started_sink(journal: Journal | None, kind: str, job_id: str, task_id: str, attempt: int,
+                  info: ExecutionInfo) -> StartedSink | None:
+    if journal is None:
+        return None
+
+    async def sink(handle: RunHandle) -> None:
+        await journal.started(AttemptStarted(kind, job_id, task_id, attempt, handle, info))
+    return sink
 
 
 async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:

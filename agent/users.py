@@ -22,7 +22,10 @@ Decisions on UNCONFIRMED points
 - Per-task accounts are ``_azbatchtask_<n>``. ``n`` is one above the highest ``n`` ever used:
   the state file and the existing accounts are both checked, so ``n`` is never reused and a
   new task never inherits an old task's uid and files. The retries of one task (same
-  ``task_key``) share its account. Nothing here deletes accounts yet.
+  ``task_key``) share its account. ``release_task_account`` deletes it with the task's
+  directory (retention, task or job delete), only once no process of its uid is left; its
+  number stays used in the state file (``"<key>": null`` is not written: the name is kept
+  under a ``released:`` key) so it is never handed out again.
 - A named user (``username``) whose account does not exist is a task failure, not an
   exception. The JSON is valid; the account is missing on this node. The value is
   ``FailureInfo.user("UserNotFound", ...)``, a code of this agent (Batch rejects such a task
@@ -297,3 +300,46 @@ def plan_user(identity: UserIdentity | None, kind: str, policy: UserPolicy) -> T
         return TaskUser(name=name, uid=None, gid=None, identity=choice.identity, elevated=choice.admin)
     return TaskUser(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, identity=choice.identity,
                     elevated=choice.admin or entry.pw_uid == 0)
+
+
+def release_task_account(task_key: str, policy: UserPolicy) -> bool:
+    """Delete the per-task account of ``task_key`` (``userdel``) if it has one and no process of
+    its uid remains. True when nothing of it is left. The name stays reserved in the state file."""
+    if not policy.agent_is_root:
+        return True
+    with _locked(policy):
+        state = open_trusted(policy.state_dir, "state directory")
+        try:
+            accounts = _read_accounts(state)
+            name = accounts.get(task_key)
+            if name is None:
+                return True
+            entry = _lookup(name)
+            if entry is not None:
+                if _uid_has_processes(entry.pw_uid):
+                    return False
+                sbin = "/usr/sbin:/sbin:/usr/bin:/bin"
+                done = subprocess.run([shutil.which("userdel", path=sbin) or "userdel", name],
+                                      capture_output=True, text=True, check=False)
+                if done.returncode not in (0, 6):       # 6: no such user (deleted meanwhile)
+                    raise RunnerError(f"cannot delete the account {name}: userdel exited "
+                                      f"{done.returncode}: {done.stderr.strip()}")
+            del accounts[task_key]
+            accounts[f"released:{name}"] = name         # keeps the number from being reused
+            fd = create_file(state, _STATE_TMP, 0o600)
+            with open(fd, "w") as tmp:
+                tmp.write(json.dumps(accounts, indent=1, sort_keys=True))
+            os.replace(_STATE_TMP, _STATE, src_dir_fd=state, dst_dir_fd=state)
+            return True
+        finally:
+            os.close(state)
+
+
+def _uid_has_processes(uid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{entry}").st_uid == uid:
+                return True
+    return False

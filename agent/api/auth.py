@@ -41,7 +41,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,12 +52,11 @@ from agent.api.errors import BatchApiError
 from agent.api.formats import parse_http_date
 from agent.errors import ConfigError
 from agent.status import utcnow
+from agent.tokens import TaskClaims, TaskTokens, TokenRejected
 
 DEFAULT_MAX_SKEW = timedelta(minutes=15)
 _SIGNED_HEADERS = ("content-encoding", "content-language", "content-length", "content-md5", "content-type",
                    "date", "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range")
-_TOKEN_PREFIX = "bat1"
-_TOKEN_CONTEXT = b"batch-agent task token v1\n"
 
 
 # --- keys and principals ----------------------------------------------------------------------
@@ -222,66 +220,14 @@ class TokenVerifier(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class TaskClaims:
-    job_id: str
-    task_id: str
-    issued: int
-    expires: int | None
-    nonce: str
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class HmacTaskTokens:
-    """Issues and verifies ``bat1.<payload>.<mac>`` task tokens under a node-local secret."""
-
-    def __init__(self, secret: bytes, *, clock: Callable[[], datetime] = utcnow,
-                 is_live: Callable[[TaskClaims], bool] | None = None) -> None:
-        if len(secret) < 32:
-            raise ConfigError("task token secret: use at least 32 random bytes")
-        self._secret = secret
-        self._clock = clock
-        self._is_live = is_live
-
-    def __repr__(self) -> str:
-        return "HmacTaskTokens(<secret>)"
-
-    def _mac(self, payload: str) -> str:
-        return _b64url(hmac.new(self._secret, _TOKEN_CONTEXT + payload.encode(), hashlib.sha256).digest())
-
-    def issue(self, job_id: str, task_id: str, *, lifetime: timedelta | None = None) -> str:
-        now = int(self._clock().timestamp())
-        claims = {"job": job_id, "task": task_id, "iat": now,
-                  "exp": now + int(lifetime.total_seconds()) if lifetime is not None else None,
-                  "nonce": secrets.token_hex(8)}
-        payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
-        return f"{_TOKEN_PREFIX}.{payload}.{self._mac(payload)}"
+class HmacTaskTokens(TaskTokens):
+    """``agent.tokens.TaskTokens`` as a ``TokenVerifier``: a rejected token is 403 AuthenticationFailed."""
 
     def claims(self, token: str) -> TaskClaims:
-        prefix, _, rest = token.strip().partition(".")
-        payload, _, mac = rest.partition(".")
-        if prefix != _TOKEN_PREFIX or not payload or not mac:
-            raise _fail("the bearer token is not a batch-agent task token")
-        if not hmac.compare_digest(self._mac(payload).encode(), mac.encode()):
-            raise _fail("the bearer token's signature is not valid")
         try:
-            data = json.loads(_unb64url(payload))
-            result = TaskClaims(str(data["job"]), str(data["task"]), int(data["iat"]),
-                                None if data.get("exp") is None else int(data["exp"]), str(data.get("nonce", "")))
-        except (ValueError, KeyError, TypeError):
-            raise _fail("the bearer token's payload cannot be read") from None
-        if result.expires is not None and self._clock().timestamp() >= result.expires:
-            raise _fail("the bearer token has expired")
-        if self._is_live is not None and not self._is_live(result):
-            raise _fail("the bearer token's task is no longer running")
-        return result
+            return super().claims(token)
+        except TokenRejected as exc:
+            raise _fail(str(exc)) from None
 
     def verify_token(self, token: str) -> Principal:
         c = self.claims(token)

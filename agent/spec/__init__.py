@@ -23,6 +23,7 @@ from agent.spec.load import (
     load_job,
     load_task,
 )
+from agent.spec.start import StartTask
 from agent.spec.task import (
     ContainerHostBatchBindMountEntry,
     ContainerRegistryReference,
@@ -42,7 +43,7 @@ __all__ = [
     "CLI_EXTENSION_FIELDS", "SERVICE_ONLY_FIELDS", "UNLIMITED_TEXT", "ContainerHostBatchBindMountEntry",
     "ContainerRegistryReference", "Document", "DurationError", "EnvironmentSetting", "ExitConditions",
     "ExitOptions", "JobConstraints", "JobManagerTask", "JobPreparationTask", "JobReleaseTask", "JobSpec",
-    "OutputFile", "ResourceFile", "TaskBase", "TaskCollection", "TaskConstraints", "TaskContainerSettings",
+    "OutputFile", "ResourceFile", "StartTask", "TaskBase", "TaskCollection", "TaskConstraints", "TaskContainerSettings",
     "TaskSpec", "UserIdentity", "check_task_in_job", "detect_kind", "format_duration", "load_data",
     "load_document", "load_job", "load_task", "parse_duration",
 ]
