@@ -7,7 +7,13 @@ For N sleeping tasks (default 50 and 200) it measures, in one run:
   - the supervisor's RSS and USS idle and with N tasks running, each with a pending ``wait``
     (as under the service): the per-task growth is the mechanism's marginal cost;
   - the per-task alternatives for the record: a Python waiter per task (``python -I -S`` that
-    spawns the task, waits and writes the status) and, where gcc exists, a C shim doing the same.
+    spawns the task, waits and writes the status) and, where gcc exists, a C shim doing the same;
+  - ``ProcessRunner.start`` as wired (log files through nodefs, the cwd descriptor, a cgroup when
+    root), direct ``Popen`` against the supervisor, and the supervisor's RSS per running task;
+  - a one-shot command as ``batch-agent run`` makes it: a fresh Python process that runs
+    ``/bin/true`` through ProcessRunner, direct, supervised with a cold supervisor (started by
+    that run, as a CLI run would), and with a warm one (median of 10 each), next to the median
+    of 10 real ``python -m agent run`` of ``/bin/true``.
 Kernel memory (task_struct, socket buffers) is not in any RSS and is the same for all of them.
 
     .venv/bin/python bench/bench_supervisor.py [N ...]
@@ -32,6 +38,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.process import ProcessRunner
+from agent.runner import RunHandle, RunRequest, TaskUser
 from agent.supervisor.client import Spawned, SpawnRequest, SupervisorClient
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
@@ -187,6 +195,106 @@ def per_task_waiters(kind: str, argv0: list[str], work: Path, count: int = 10) -
     return statistics.mean(s[0] for s in sizes), statistics.mean(s[1] for s in sizes)
 
 
+def runner_request(work: Path, name: str, argv: tuple[str, ...]) -> RunRequest:
+    (work / name).mkdir(exist_ok=True)
+    return RunRequest(job_id="bench", task_id=name, attempt=1, argv=argv, env={"PATH": "/usr/bin:/bin"},
+                      cwd=work / name, stdout=work / f"{name}.stdout", stderr=work / f"{name}.stderr",
+                      user=TaskUser(name="agent", uid=None, gid=None))
+
+
+async def process_runner_starts(n: int, work: Path, runner: ProcessRunner, tag: str) -> tuple[list[float], float]:
+    """``ProcessRunner.start`` of N sleeping tasks: the start times and, supervised, the
+    supervisor's RSS growth per running task (MB)."""
+    sup = await runner.supervisor.ensure() if runner.supervisor is not None else None
+    rss0 = mem(sup)[0] if sup else 0.0
+    handles: list[RunHandle] = []
+
+    async def start(i: int) -> int:
+        handle = await runner.start(runner_request(work, f"pr{tag}-{i}", (SLEEP, "1000")))
+        assert isinstance(handle, RunHandle), handle
+        handles.append(handle)
+        return handle.pid or 0
+
+    times, pids = await timed_starts(n, start)
+    per_task = (mem(sup)[0] - rss0) / n if sup else 0.0
+    kill_all(pids)
+    for handle in handles:
+        await runner.wait(handle)
+        await runner.cleanup(handle)
+    return times, per_task
+
+
+ONE_SHOT = """
+import asyncio, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from agent.process import ProcessRunner
+from agent.runner import RunRequest, TaskUser
+from agent.supervisor.client import SupervisorClient
+work = Path(sys.argv[1])
+async def main():
+    sup = SupervisorClient(Path(sys.argv[2]), idle=0.2) if len(sys.argv) > 2 else None
+    runner = ProcessRunner(supervisor=sup)
+    request = RunRequest(job_id="j", task_id="t", attempt=1, argv=("/bin/true",), env={}, cwd=work,
+                         stdout=work / "o", stderr=work / "e", user=TaskUser(name="a", uid=None, gid=None))
+    handle = await runner.start(request)
+    assert (await runner.wait(handle)).exit_code == 0
+    await runner.cleanup(handle)
+asyncio.run(main())
+print(time.perf_counter() - t0)
+"""
+
+
+def one_shot(work: Path, *root: str) -> float:
+    """Wall time of a fresh process that runs /bin/true through ProcessRunner (interpreter start
+    included: measured from outside)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", ONE_SHOT, str(work), *root], check=True,
+                   cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def cli_run_true(work: Path) -> float:
+    task = work / "true.json"
+    task.write_text('{"id": "t", "commandLine": "/bin/true"}')
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "agent", "run", str(task), "--root", str(work / "cli-root")],
+                   check=True, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+async def wait_gone(client: SupervisorClient) -> None:
+    """The idle supervisor has exited (its socket is gone): the next run starts a cold one."""
+    while (client.dir / "supervisor.sock").exists():
+        await asyncio.sleep(0.01)
+
+
+async def one_shots(work: Path, runs: int = 10) -> None:
+    (work / "oneshot").mkdir(exist_ok=True)
+    cold_root = work / "cold-root"
+    cold_client = SupervisorClient(cold_root)
+    direct, cold, warm, cli = [], [], [], []
+    warm_root = work / "warm-root"
+    warm_client = SupervisorClient(warm_root, idle=60)
+    await warm_client.ensure()
+    for _ in range(runs):
+        direct.append(one_shot(work / "oneshot"))
+        await wait_gone(cold_client)
+        cold.append(one_shot(work / "oneshot", str(cold_root)))
+        warm.append(one_shot(work / "oneshot", str(warm_root)))
+        cli.append(cli_run_true(work))
+    med = statistics.median
+    print(f"\n== one-shot /bin/true in a fresh process (median of {runs})")
+    print(f"  ProcessRunner direct Popen          {med(direct) * 1e3:7.1f} ms")
+    print(f"  ProcessRunner, cold supervisor      {med(cold) * 1e3:7.1f} ms   ratio {med(cold) / med(direct):.2f}")
+    print(f"  ProcessRunner, warm supervisor      {med(warm) * 1e3:7.1f} ms   ratio {med(warm) / med(direct):.2f}")
+    print(f"  python -m agent run (direct today)  {med(cli) * 1e3:7.1f} ms")
+    await warm_client.shutdown()
+    warm_client.close()
+    cold_client.close()
+
+
 async def main(counts: list[int]) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-supervisor-") as tmp:
         work = Path(tmp)
@@ -214,6 +322,14 @@ async def main(counts: list[int]) -> None:
             print(f"  per running task  RSS {per_rss * 1024:6.1f} KB  USS {per_uss * 1024:6.1f} KB   (aim <= {AIM} MB)")
             print(f"  amortised (fixed + N x marginal) / N: RSS {sup['rss1'] / n:5.2f} MB per task")
             print(f"  N kills reaped, recorded (fsync) and reported: {sup['reap_all'] * 1e3:.1f} ms")
+            direct, _ = await process_runner_starts(n, work, ProcessRunner(), f"d{n}")
+            supervised, per_task = await process_runner_starts(
+                n, work, ProcessRunner(supervisor=client), f"s{n}")
+            for name, times in (("direct Popen", direct), ("supervisor", supervised)):
+                p50, p99 = pct(times, .5) * 1e3, pct(times, .99) * 1e3
+                print(f"  ProcessRunner.start p50/p99 {name:<13} {p50:7.2f} / {p99:7.2f} ms")
+            print(f"  ratio ProcessRunner supervisor / direct (p50): {pct(supervised, .5) / pct(direct, .5):.2f}   "
+                  f"supervisor RSS per running task {per_task * 1024:6.1f} KB")
         rss, uss = per_task_waiters("py", [sys.executable, "-I", "-S", "-c", PY_WAITER], work)
         print(f"\nalternative: a Python waiter per task   RSS {rss:5.2f} MB  USS {uss:5.2f} MB per task")
         gcc = shutil.which("gcc")
@@ -222,6 +338,7 @@ async def main(counts: list[int]) -> None:
             subprocess.run([gcc, "-O2", "-o", str(work / "shim"), str(work / "shim.c")], check=True)
             rss, uss = per_task_waiters("c", [str(work / "shim")], work)
             print(f"alternative: a C shim per task (gcc -O2) RSS {rss:5.2f} MB  USS {uss:5.2f} MB per task")
+        await one_shots(work)
         await client.shutdown()
         client.close()
 
