@@ -490,3 +490,24 @@ async def test_without_cgroup_the_marker_is_a_token_the_task_cannot_choose(work:
             decoy.kill()
             decoy.wait()
         await tokenised.cleanup(handle)
+
+
+async def test_the_working_dir_is_entered_as_the_task_user(root_agent: None, runner: ProcessRunner,
+                                                           work: Path) -> None:
+    """A directory the task user may not enter is refused to it, even though root could enter it."""
+    nobody = pwd.getpwnam("nobody")
+    user = TaskUser(name="nobody", uid=nobody.pw_uid, gid=nobody.pw_gid)
+    (work / "wd").chmod(0o700)                                  # root's, not the task user's
+    work.chmod(0o755)
+    failure = await runner.start(replace(request(work, "/bin/true"), user=user))
+    assert isinstance(failure, FailureInfo), failure
+    assert failure.code == "CommandLaunchFailed"
+    assert "the task user cannot enter it" in failure.details[0].value
+
+
+async def test_a_link_as_working_dir_is_refused(runner: ProcessRunner, work: Path) -> None:
+    (work / "wd").rmdir()
+    (work / "wd").symlink_to("/")
+    failure = await runner.start(request(work, "/bin/true"))
+    assert isinstance(failure, FailureInfo) and failure.code == "CommandLaunchFailed"
+    assert "symbolic link" in failure.details[0].value

@@ -95,7 +95,8 @@ def open_cwd(request: RunRequest, fds: list[int]) -> int | FailureInfo:
     try:
         fd = open_dir(request.cwd)
     except OSError as exc:
-        why = "a symbolic link in the path" if exc.errno == errnos.ELOOP else exc.strerror
+        why = ("not a directory, or a symbolic link in its path (links are not followed)"
+               if exc.errno in (errnos.ELOOP, errnos.ENOTDIR) else exc.strerror)
         return FailureInfo.user("CommandLaunchFailed", "The specified command program could not be launched",
                                 Message=f"working directory {request.cwd}: {why}")
     fds.append(fd)

@@ -83,6 +83,15 @@ What the client guarantees (``client``)
 - If a spawn's connection drops after the request was sent, it raises ``SpawnUncertain``.
   The caller must sweep the attempt's cgroup and process group, not spawn it a second time.
 
+How ``ProcessRunner`` uses it (``agent.process.runner``; built with ``node_root=``): it picks the
+attempt id (job, task, attempt, random suffix; also the cgroup's name) and puts it in the
+handle; it spawns with the log, ``cgroup.procs`` and working-directory descriptors it opened;
+``LaunchFailed`` becomes the same ``FailureInfo`` as a Popen error; ``SpawnUncertain`` sweeps the
+attempt's cgroup / token and raises ``RunnerError``; ``wait`` asks the supervisor (``Lost`` ->
+tree swept, ``ExitResult(lost=True)``); ``recover`` asks ``status``; ``cleanup`` sends ``forget``.
+``batch-agent run`` keeps direct Popen (no restart to survive; a cold supervisor costs that
+command about 30 ms and a detached process that lingers for its idle time).
+
 Limits: a SIGKILLed supervisor loses the status of the tasks it was running. They keep running,
 reparented, and the agent must kill them through the handle's cgroup and pgid before it
 requeues. Under systemd the supervisor shares the service's cgroup: use ``KillMode=process``,
