@@ -1,0 +1,200 @@
+"""``StoreJournal``: the task runner's journal (``agent.lifecycle.Journal``) written to the store.
+
+Owns: turning each phase of a task, job preparation, job release or start task into one store
+transaction. A task: ``starting`` -> executionInfo of the attempt (state running); ``started`` ->
+``TaskChanges(state="running", attempt=Attempt(...))``, the run handle in the same transaction;
+``retrying`` -> the attempt ended, then retryCount / lastRetryTime; ``finished`` -> completed (or
+requeued, or its directory removed if it was deleted meanwhile), then the attempt ended, then the
+service's ``after_task`` hook (job actions, retention). Prep / release: their record on this node
+(``put_prep_release``), REST shape plus ``x-agent-bootId``; the start task: ``StartTaskGate``.
+
+Order and crashes: the attempt is ended *before* a retry is recorded, so a crash in between is
+a task live without an open attempt (requeued), never an old handle waited on again; a crash
+between ``completed`` and the attempt's end leaves an open attempt of a completed task, which
+recovery just ends. Must not: decide job actions (``scheduler`` does, in ``after_task``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from agent.lifecycle import (
+    JOB_PREPARATION,
+    JOB_RELEASE,
+    START,
+    AttemptRetrying,
+    AttemptStarted,
+    AttemptStarting,
+    TaskFinished,
+)
+from agent.service.core import Core, key
+from agent.service.jobs import T_ACTIVE, T_COMPLETED, T_LIVE, T_RUNNING
+from agent.status import ExecutionInfo, format_time, utcnow
+from agent.store import (
+    UNSET,
+    Attempt,
+    Conflict,
+    Expect,
+    JobNotFound,
+    Store,
+    TaskChanges,
+    TaskNotFound,
+    TaskRecord,
+)
+from agent.taskrunner import special_task_info
+
+BOOT_KEY = "x-agent-bootId"
+LIVE = Expect(states=T_LIVE)
+ATTEMPT_KIND = {JOB_PREPARATION: "jobpreparation", JOB_RELEASE: "jobrelease", START: "starttask"}
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def attempt_kind(kind: str) -> str:
+    return ATTEMPT_KIND.get(kind, "task")
+
+
+def running_info(info: ExecutionInfo, task_root: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"state": "running", **info.to_json(), "taskRootDirectory": task_root}
+    out.pop("requeueCount", None)
+    return out
+
+
+def requeued(info: ExecutionInfo) -> ExecutionInfo:
+    """Back to active, not a retry (§10.2): requeueCount + 1, the attempt's times cleared."""
+    return replace(info, start_time=None, end_time=None, exit_code=None, failure_info=None, container_info=None,
+                   requeue_count=info.requeue_count + 1, last_requeue_time=utcnow())
+
+
+async def requeue_task(core: Core, job_id: str, task_id: str) -> TaskRecord | None:
+    def go(s: Store) -> TaskRecord | None:
+        try:
+            rec = s.get_task(job_id, task_id)
+            done = s.transition_task(job_id, task_id, LIVE,
+                                     TaskChanges(state=T_ACTIVE, execution_info=requeued(rec.execution_info)))
+        except (JobNotFound, TaskNotFound):
+            return None
+        return None if isinstance(done, Conflict) else done
+    return await core.call(go)
+
+
+class StoreJournal:
+    def __init__(self, core: Core, *, after_task: Callable[[TaskFinished, TaskRecord | None], Awaitable[None]],
+                 start_status: Callable[[Mapping[str, Any]], None]) -> None:
+        self.core = core
+        self.after_task = after_task
+        self.start_status = start_status
+        self.boot = boot_id()
+        self._attempts: dict[tuple[str, str, str], Attempt] = {}
+
+    def adopt(self, attempt: Attempt) -> None:
+        """An open attempt found at start: ``finished`` / ``retrying`` end it."""
+        self._attempts[(attempt.kind, attempt.job_id.casefold(), attempt.task_id.casefold())] = attempt
+
+    def _owner(self, kind: str, job_id: str, task_id: str) -> tuple[str, str, str]:
+        k = attempt_kind(kind)
+        if k == "task":
+            return k, job_id, task_id
+        return k, ("" if kind == START else job_id), ""
+
+    async def abandon(self, kind: str, job_id: str, task_id: str) -> None:
+        """The runner lost the attempt (``run_durable`` gave None): end its record."""
+        await self._end_attempt(kind, job_id, task_id)
+
+    async def _end_attempt(self, kind: str, job_id: str, task_id: str) -> None:
+        k, j, t = self._owner(kind, job_id, task_id)
+        attempt = self._attempts.pop((k, j.casefold(), t.casefold()), None)
+        if attempt is not None:
+            ended = utcnow()
+            await self.core.call(lambda s: s.end_attempt(attempt, ended))
+
+    async def _task(self, job_id: str, task_id: str, changes: TaskChanges) -> TaskRecord | None:
+        def go(s: Store) -> TaskRecord | None:
+            try:
+                done = s.transition_task(job_id, task_id, LIVE, changes)
+            except (JobNotFound, TaskNotFound):
+                return None
+            return None if isinstance(done, Conflict) else done
+        return await self.core.call(go)
+
+    async def _special(self, kind: str, job_id: str, info: Mapping[str, Any]) -> None:
+        field = "preparation" if kind == JOB_PREPARATION else "release"
+
+        def go(s: Store) -> None:
+            for _ in range(10):
+                try:
+                    current = s.get_prep_release(job_id)
+                except JobNotFound:
+                    return
+                done = s.put_prep_release(job_id, current.etag if current else None, **{field: dict(info)})
+                if not isinstance(done, Conflict):
+                    return
+        await self.core.call(go)
+
+    # ---- the Journal protocol ------------------------------------------------------------
+
+    async def starting(self, request: AttemptStarting) -> None:
+        dirs = self.core.runner.dirs_for(request.kind, request.job_id, request.task_id)
+        if request.kind in (JOB_PREPARATION, JOB_RELEASE):
+            await self._special(request.kind, request.job_id, running_info(request.info, dirs.relative))
+        elif request.kind == START:
+            self.start_status(running_info(request.info, dirs.relative))
+        else:
+            await self._task(request.job_id, request.task_id, TaskChanges(
+                state=T_RUNNING, execution_info=request.info,
+                node_info=self.core.runner.node_info(dirs).to_json()))
+
+    async def started(self, request: AttemptStarted) -> None:
+        k, j, t = self._owner(request.kind, request.job_id, request.task_id)
+        attempt = Attempt(kind=k, job_id=j, task_id=t, number=request.attempt,
+                          handle=request.handle.to_json(), started=utcnow())
+        self._attempts[(k, j.casefold(), t.casefold())] = attempt
+        if k == "task":
+            await self._task(request.job_id, request.task_id, TaskChanges(state=T_RUNNING, attempt=attempt))
+        else:
+            await self.core.call(lambda s: s.save_attempt(attempt))
+
+    async def retrying(self, request: AttemptRetrying) -> None:
+        await self._end_attempt(request.kind, request.job_id, request.task_id)
+        if attempt_kind(request.kind) == "task":
+            await self._task(request.job_id, request.task_id, TaskChanges(execution_info=request.info))
+
+    async def finished(self, request: TaskFinished) -> None:
+        status = request.outcome.status
+        if request.kind in (JOB_PREPARATION, JOB_RELEASE):
+            info = special_task_info(request.outcome, retries=request.kind == JOB_PREPARATION)
+            if request.kind == JOB_PREPARATION:
+                info[BOOT_KEY] = self.boot
+            await self._special(request.kind, request.job_id, info)
+            await self._end_attempt(request.kind, request.job_id, request.task_id)
+            return
+        if request.kind == START:
+            self.start_status({**special_task_info(request.outcome, retries=True), BOOT_KEY: self.boot})
+            await self._end_attempt(request.kind, request.job_id, request.task_id)
+            return
+        entry = self.core.running.get(key(request.job_id, request.task_id))
+        record: TaskRecord | None
+        if entry is not None and entry.requeue:
+            record = await self._task(request.job_id, request.task_id, TaskChanges(
+                state=T_ACTIVE, execution_info=requeued(status.execution_info)))
+        else:
+            decision = status.decision
+            record = await self._task(request.job_id, request.task_id, TaskChanges(
+                state=T_COMPLETED, execution_info=status.execution_info,
+                node_info=status.node_info.to_json() if status.node_info else UNSET,
+                dependency_action=decision.dependency_action if decision else
+                ("satisfy" if status.execution_info.failure_info is None else "block")))
+        await self._end_attempt(request.kind, request.job_id, request.task_id)
+        await self.after_task(request, record)
+
+
+def format_now() -> str | None:
+    return format_time(utcnow())
