@@ -10,9 +10,13 @@ script (polling facts with deadlines), never by sleeping here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shlex
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -248,3 +252,149 @@ class Registry:
         the image staying local after its own use."""
         with contextlib.suppress(docker.errors.ImageNotFound):
             self.client.images.remove(ref, force=True)
+
+
+# ---------------------------------------------------------------- offline-built Debian images
+IMAGES_SH = REPO_ROOT / "scripts" / "images.sh"
+DEBIAN_IMAGE = "localtest/debian-systemd:bookworm"
+AGENT_IMAGE = "localtest/batch-agent:test"
+IMAGES_TIMEOUT_S = 900  # a cold machine: apt-get install debootstrap + ~50 s of debootstrap
+
+
+def ensure_debian_image() -> str:
+    """``localtest/debian-systemd:bookworm`` (scripts/images.sh): built once, ~0.05 s when present."""
+    done = subprocess.run(["bash", str(IMAGES_SH)], capture_output=True, text=True,
+                          timeout=IMAGES_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False,
+                          env={**os.environ, "INFRA_DIR": str(INFRA_DIR)})
+    if done.returncode != 0:
+        raise InfraError(f"{IMAGES_SH} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    return DEBIAN_IMAGE
+
+
+def _wheelhouse() -> Path:
+    """The agent's dependencies (and setuptools, its build backend) as wheels, made by the host's
+    pip (which reaches the package index; a build container cannot) and cached by pyproject.toml's
+    hash, so the image builds with --network none."""
+    stamp = hashlib.sha256((REPO_ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    house = INFRA_DIR / f"wheels-{stamp}"
+    if not (house / ".complete").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="wheels-", dir=INFRA_DIR))
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp), str(REPO_ROOT),
+                               "setuptools>=68"], capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL, timeout=600)
+        if done.returncode != 0:
+            raise InfraError(f"pip wheel for the agent image failed:\n{done.stderr[-3000:]}")
+        for own in tmp.glob("batch_agent-*.whl"):
+            own.unlink()  # the image installs the agent from the build context, not from a wheel
+        (tmp / ".complete").touch()
+        with contextlib.suppress(OSError):
+            tmp.rename(house)  # a concurrent session may have won: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return house
+
+
+def build_agent_image(client: Any, base: str, tag: str = AGENT_IMAGE) -> str:
+    """Build the repository's Dockerfile FROM ``base`` offline (no network in the build) and tag
+    it. The context is what .dockerignore lets through (pyproject.toml, README.md, agent/) plus
+    the wheelhouse; the dependency layer is cached by the engine across builds."""
+    with tempfile.TemporaryDirectory(prefix="agent-ctx-") as ctx:
+        root = Path(ctx)
+        for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
+            shutil.copy2(REPO_ROOT / name, root / name)
+        shutil.copytree(REPO_ROOT / "agent", root / "agent",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for wheel in _wheelhouse().glob("*.whl"):
+            shutil.copy2(wheel, root / wheel.name)
+        try:
+            client.images.build(path=ctx, tag=tag, rm=True, forcerm=True, network_mode="none",
+                                buildargs={"BASE": base, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/src"})
+        except docker.errors.BuildError as exc:
+            log = "".join(str(c.get("stream") or c.get("error") or "") for c in exc.build_log)
+            raise InfraError(f"docker build of the agent image failed: {exc}\n{log[-4000:]}") from exc
+    return tag
+
+
+# ---------------------------------------------------------------- systemd as PID 1 in a container
+@dataclass
+class SystemdContainer:
+    """A container running systemd as PID 1 (test-infra.md section 6), to test unit files for real.
+
+    ``start`` runs ``image`` (one with /sbin/init: ``DEBIAN_IMAGE``, or the agent image built
+    FROM it) with ``--network none``, /run on tmpfs and the host's cgroup tree, installs
+    ``units`` (file name -> text) into /etc/systemd/system through a bind mount, and returns
+    once ``systemctl is-system-running --wait`` answers. ``mounts`` adds host paths
+    (host -> container path, read-only unless the container path ends in ``:rw``).
+    """
+
+    client: Any
+    container: Any
+    unit_dir: Path
+
+    @classmethod
+    def start(cls, client: Any, image: str, units: dict[str, str] | None = None, *,
+              mounts: dict[str, str] | None = None, timeout: float = 60) -> SystemdContainer:
+        unit_dir = Path(tempfile.mkdtemp(prefix="units-", dir=INFRA_DIR))
+        for name, text in (units or {}).items():
+            (unit_dir / name).write_text(text)
+        volumes = {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                   str(unit_dir): {"bind": "/etc/systemd/system/test-units", "mode": "ro"}}
+        for host, inside in (mounts or {}).items():
+            path, _, mode = inside.partition(":")
+            volumes[host] = {"bind": path, "mode": mode or "ro"}
+        container = client.containers.run(
+            image, command=["/sbin/init"], entrypoint=[], detach=True, network_mode="none",
+            tmpfs={"/run": "", "/run/lock": "", "/tmp": ""}, volumes=volumes,
+            stop_signal="SIGRTMIN+3", labels={"org.batch-agent.test": "systemd"},
+            name=f"sd-{uuid.uuid4().hex[:12]}",
+        )
+        box = cls(client, container, unit_dir)
+        try:
+            rc, out = box.exec("timeout", str(int(timeout)), "systemctl", "is-system-running", "--wait")
+            if out.strip() not in ("running", "degraded"):
+                raise InfraError(f"systemd in {image} did not come up ({rc}: {out.strip()}):\n"
+                                 f"{box.container.logs(tail=40).decode(errors='replace')}")
+            for name in units or {}:  # units linked from the mount, so the test can't corrupt the image
+                box.check("systemctl", "link", f"/etc/systemd/system/test-units/{name}")
+        except BaseException:
+            box.remove()
+            raise
+        return box
+
+    def exec(self, *argv: str, user: str = "root") -> tuple[int, str]:
+        """Run ``argv`` in the container; (exit code, stdout + stderr)."""
+        rc, out = self.container.exec_run(list(argv), user=user, demux=False)
+        return rc, (out or b"").decode(errors="replace")
+
+    def check(self, *argv: str) -> str:
+        rc, out = self.exec(*argv)
+        if rc != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {rc}:\n{out}")
+        return out
+
+    def systemctl(self, *args: str) -> str:
+        return self.check("systemctl", *args)
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        """``systemctl show UNIT -p P...`` as a dict."""
+        out = self.check("systemctl", "show", unit, *(f"-p{p}" for p in props))
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def wait_show(self, unit: str, want: dict[str, str], timeout: float = 30) -> dict[str, str]:
+        """Poll ``show`` until every property in ``want`` has its value (a fact, with a deadline)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.show(unit, *want)
+            if all(got.get(k) == v for k, v in want.items()):
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{unit}: wanted {want}, still {got} after {timeout}s\n"
+                                     f"{self.journal(unit)}")
+            time.sleep(0.05)  # polling interval between checks of a fact, not a wait for one
+
+    def journal(self, unit: str) -> str:
+        return self.exec("journalctl", "--no-pager", "-o", "cat", "-u", unit)[1]
+
+    def remove(self) -> None:
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.remove(force=True)
+        shutil.rmtree(self.unit_dir, ignore_errors=True)
