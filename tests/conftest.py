@@ -17,6 +17,8 @@ Fixtures:
                               WORKDIR /imagewd)
     registry         session  tests.infra.Registry: .server .user .password .image
                               .auth_config, .remove_local(ref)
+    debian_image     session  "localtest/debian-systemd:bookworm" (built on first use)
+    agent_image      session  the Dockerfile built offline FROM debian_image
     node_root        function a fresh 0755 directory under /tmp/batch-agent-tests, removed after
 """
 
@@ -32,7 +34,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
-from infra import Azurite, Infra, InfraError, Registry, ensure_infra
+from infra import Azurite, Infra, InfraError, Registry, build_agent_image, ensure_debian_image, ensure_infra
 
 # Hypothesis: CI (CI=true) replays the same examples every run, so a landing is judged on the code
 # and not on a draw; a developer's run explores new inputs (and keeps failures in .hypothesis/).
@@ -50,6 +52,8 @@ SERVER_MARKERS = {
     "test_image": "docker",
     "entrypoint_image": "docker",
     "registry": "docker",
+    "debian_image": "docker",
+    "agent_image": "docker",
 }
 
 _infra: Infra | InfraError | None = None
@@ -129,6 +133,25 @@ def entrypoint_image(infra: Infra) -> str:
 @pytest.fixture(scope="session")
 def registry(infra: Infra, docker_client: Any) -> Registry:
     return Registry.from_env(infra.env, docker_client)
+
+
+@pytest.fixture(scope="session")
+def debian_image(infra: Infra) -> str:
+    """localtest/debian-systemd:bookworm (scripts/images.sh): systemd as /sbin/init, python3.
+    Built on first use (~50 s on a fresh machine, then cached by its recipe stamp)."""
+    try:
+        return ensure_debian_image()
+    except InfraError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def agent_image(debian_image: str, docker_client: Any) -> str:
+    """The repository's Dockerfile built offline FROM debian_image (localtest/batch-agent:test)."""
+    try:
+        return build_agent_image(docker_client, debian_image)
+    except InfraError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture
