@@ -315,13 +315,17 @@ def build_agent_image(client: Any, base: str, tag: str = AGENT_IMAGE) -> str:
 
 
 # ---------------------------------------------------------------- systemd as PID 1 in a container
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".target")
+UNITS_IN_CONTAINER = "/opt/test-units"
+
 @dataclass
 class SystemdContainer:
     """A container running systemd as PID 1 (test-infra.md section 6), to test unit files for real.
 
     ``start`` runs ``image`` (one with /sbin/init: ``DEBIAN_IMAGE``, or the agent image built
     FROM it) with ``--network none``, /run on tmpfs and the host's cgroup tree, installs
-    ``units`` (file name -> text) into /etc/systemd/system through a bind mount, and returns
+    ``units`` (file name -> text; non-unit names such as a service's script are only copied)
+    into /opt/test-units (a bind mount; units are `systemctl link`ed from there), and returns
     once ``systemctl is-system-running --wait`` answers. ``mounts`` adds host paths
     (host -> container path, read-only unless the container path ends in ``:rw``).
     """
@@ -337,7 +341,7 @@ class SystemdContainer:
         for name, text in (units or {}).items():
             (unit_dir / name).write_text(text)
         volumes = {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                   str(unit_dir): {"bind": "/etc/systemd/system/test-units", "mode": "ro"}}
+                   str(unit_dir): {"bind": UNITS_IN_CONTAINER, "mode": "ro"}}
         for host, inside in (mounts or {}).items():
             path, _, mode = inside.partition(":")
             volumes[host] = {"bind": path, "mode": mode or "ro"}
@@ -349,12 +353,23 @@ class SystemdContainer:
         )
         box = cls(client, container, unit_dir)
         try:
-            rc, out = box.exec("timeout", str(int(timeout)), "systemctl", "is-system-running", "--wait")
+            # systemctl fails ("Failed to connect to bus") until PID 1 has made its socket;
+            # then --wait blocks until start-up is done.
+            deadline = time.monotonic() + timeout
+            while True:
+                rc, out = box.exec("timeout", str(int(timeout)), "systemctl", "is-system-running", "--wait")
+                if "Failed to connect" not in out or time.monotonic() > deadline:
+                    break
+                box.container.reload()
+                if box.container.status != "running":
+                    break
+                time.sleep(0.02)  # polling interval between checks of a fact
             if out.strip() not in ("running", "degraded"):
                 raise InfraError(f"systemd in {image} did not come up ({rc}: {out.strip()}):\n"
                                  f"{box.container.logs(tail=40).decode(errors='replace')}")
-            for name in units or {}:  # units linked from the mount, so the test can't corrupt the image
-                box.check("systemctl", "link", f"/etc/systemd/system/test-units/{name}")
+            for name in units or {}:  # linked from the mount; other files there (scripts) are not units
+                if name.endswith(UNIT_SUFFIXES):
+                    box.check("systemctl", "link", f"{UNITS_IN_CONTAINER}/{name}")
         except BaseException:
             box.remove()
             raise
