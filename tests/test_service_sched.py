@@ -111,13 +111,14 @@ async def test_dependencies_satisfy_block_ranges_and_missing_parent(node_root: P
     await svc.add_task("d", task("after-range", "/bin/true", dependsOn={"taskIdRanges": [{"start": 1, "end": 5}]}))
     await svc.add_task("d", task("after-missing", "/bin/true", dependsOn={"taskIds": ["later"]}))
     await asyncio.wait_for(svc.run_until_idle(), 60)
-    assert await state_of(svc, "d", "after-ok") == "completed"
-    assert await state_of(svc, "d", "after-range") == "completed"
+    for done in ("after-ok", "after-range"):
+        record = await svc.get_task("d", done)
+        assert record.state == "completed" and record.execution_info.exit_code == 0, record.execution_info
     assert await state_of(svc, "d", "after-bad") == "active"         # blocked for good
     assert await state_of(svc, "d", "after-missing") == "active"     # waits for its parent
     await svc.add_task("d", task("later", "/bin/true"))
     await asyncio.wait_for(svc.run_until_idle(), 60)
-    assert await state_of(svc, "d", "after-missing") == "completed"
+    assert (await svc.get_task("d", "after-missing")).execution_info.exit_code == 0
     assert await state_of(svc, "d", "after-bad") == "active"
     await svc.aclose()
 

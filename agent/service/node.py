@@ -18,6 +18,7 @@ from typing import Any
 from agent import errors
 from agent.errors import ServiceError
 from agent.exits import Outcome, decide
+from agent.hooks.gate import GateHook
 from agent.service import jobs
 from agent.service.core import Core, key
 from agent.service.journal import StoreJournal
@@ -76,6 +77,10 @@ class NodeService:
         self.tokens = tokens.with_liveness(self.token_is_live) if tokens is not None else None
         if self.tokens is not None:
             runner.issue_token = self.tokens.issue
+        # The fields this service implements on top of the runner's hooks: the gate lets them pass.
+        served = {"dependsOn", *(("authenticationTokenSettings",) if self.tokens is not None else ())}
+        runner.prestart = [GateHook(hook.supported | served) if isinstance(hook, GateHook) else hook
+                           for hook in runner.prestart]
         self._started = False
 
     async def _after_task(self, request: Any, record: TaskRecord | None) -> None:

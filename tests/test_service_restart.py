@@ -1,0 +1,175 @@
+"""Restart safety: a service SIGKILLed mid-task; the next one re-attaches (the real exit code)
+or requeues (another boot, no handle), and every task ends exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from service_kit import job, service, sh, task, until, wait_file
+
+from agent.store import Expect, SqliteStore, TaskChanges
+
+CHILD = Path(__file__).parent / "service_child.py"
+
+
+def open_dir(node_root: Path) -> Path:
+    """A directory outside the node root that task users can write (tmp_path's parents are 0700)."""
+    path = Path(tempfile.mkdtemp(dir=node_root.parent, prefix=f"{node_root.name}.out-"))
+    path.chmod(0o777)
+    return path
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path, 0o666)
+    path.chmod(0o666)
+    return path
+
+
+def release(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY))
+
+
+async def add(state: Path, root: Path, command: str) -> None:
+    svc = service(root, SqliteStore(state))
+    await svc.add_job(job("j"))
+    await svc.add_task("j", task("t", command))
+    await svc.aclose()
+
+
+def start_child(root: Path, state: Path) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen([sys.executable, str(CHILD), str(root), str(state)], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == b"serving"
+    return child
+
+
+def kill(child: subprocess.Popen[bytes]) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
+
+
+async def completed(svc, job_id: str = "j", task_id: str = "t") -> bool:  # type: ignore[no-untyped-def]
+    return (await svc.get_task(job_id, task_id)).state == "completed"
+
+
+async def test_sigkilled_agent_reattaches_and_keeps_the_real_exit_code(node_root: Path, tmp_path: Path) -> None:
+    outside = open_dir(node_root)
+    lines = outside / "lines"
+    gate = fifo(open_dir(node_root) / "gate")
+    state = tmp_path / "state"
+    await add(state, node_root, sh(f"echo ran >> {lines}; cat {gate} >/dev/null; exit 42"))
+    child = start_child(node_root, state)
+    try:
+        await asyncio.to_thread(wait_file, lines)
+    finally:
+        kill(child)
+    svc = service(node_root, SqliteStore(state))
+    try:
+        assert await svc.start() == 0                       # nothing requeued: re-attached
+        loop = asyncio.create_task(svc.serve())
+        await asyncio.to_thread(release, gate)
+        await until(lambda: completed(svc), "the re-attached task to complete")
+        t = await svc.get_task("j", "t")
+        assert t.execution_info.exit_code == 42
+        assert t.execution_info.requeue_count == 0 and t.execution_info.retry_count == 0
+        assert lines.read_text() == "ran\n"                 # exactly once
+        assert await svc.core.call(lambda s: s.open_attempts()) == []
+        loop.cancel()
+    finally:
+        await svc.aclose()
+
+
+async def test_attempt_of_another_boot_is_requeued_and_nothing_of_it_runs(node_root: Path, tmp_path: Path) -> None:
+    outside = open_dir(node_root)
+    lines = outside / "lines"
+    state = tmp_path / "state"
+    await add(state, node_root, sh(f"echo $$ >> {lines}; [ $(wc -l < {lines}) -gt 1 ] && exit 0; sleep 60"))
+    child = start_child(node_root, state)
+    try:
+        await asyncio.to_thread(wait_file, lines)
+        store = SqliteStore(state)
+        try:
+            await until(lambda: _has_attempt(store), "the handle to be persisted")
+        finally:
+            store.close()
+    finally:
+        kill(child)
+    first_pid = int(lines.read_text().split()[0])
+    store = SqliteStore(state)
+    (attempt,) = store.open_attempts()
+    store.save_attempt(replace(attempt, handle={**attempt.handle, "boot_id": "another-boot"}))   # a reboot
+    store.close()
+    svc = service(node_root, SqliteStore(state))
+    try:
+        await asyncio.wait_for(svc.run_until_idle(), 60)
+        assert not _alive(first_pid)                         # recover swept the old attempt
+        t = await svc.get_task("j", "t")
+        assert t.state == "completed" and t.execution_info.exit_code == 0
+        assert t.execution_info.requeue_count == 1 and t.execution_info.retry_count == 0
+        assert t.execution_info.last_requeue_time is not None
+        assert len(lines.read_text().split()) == 2
+    finally:
+        await svc.aclose()
+
+
+async def _has_attempt(store: SqliteStore) -> bool:
+    return bool(store.open_attempts())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+async def test_running_task_without_a_handle_is_requeued(node_root: Path, tmp_path: Path) -> None:
+    """The agent died after the task went running but before its handle was written (downloads)."""
+    state = tmp_path / "state"
+    await add(state, node_root, "/bin/true")
+    store = SqliteStore(state)
+    done = store.transition_task("j", "t", Expect(states=frozenset({"active"})), TaskChanges(state="running"))
+    assert not isinstance(done, type(None))
+    store.close()
+    svc = service(node_root, SqliteStore(state))
+    try:
+        assert await svc.start() == 1
+        await asyncio.wait_for(svc.run_until_idle(), 60)
+        t = await svc.get_task("j", "t")
+        assert t.state == "completed" and t.execution_info.requeue_count == 1 and t.execution_info.exit_code == 0
+    finally:
+        await svc.aclose()
+
+
+async def test_stop_leaves_running_tasks_alone(node_root: Path, tmp_path: Path) -> None:
+    gate = fifo(open_dir(node_root) / "gate")
+    state = tmp_path / "state"
+    await add(state, node_root, sh(f"cat {gate} >/dev/null; exit 3"))
+    svc = service(node_root, SqliteStore(state))
+    loop = asyncio.create_task(svc.serve())
+    await until(lambda: _has_attempt_svc(svc), "the task to start")
+    loop.cancel()
+    await svc.aclose()                                  # stop: no kill
+    svc = service(node_root, SqliteStore(state))
+    try:
+        assert await svc.start() == 0
+        await asyncio.to_thread(release, gate)
+        await asyncio.wait_for(svc.run_until_idle(), 60)
+        t = await svc.get_task("j", "t")
+        assert t.execution_info.exit_code == 3 and t.execution_info.requeue_count == 0
+    finally:
+        await svc.aclose()
+
+
+async def _has_attempt_svc(svc) -> bool:  # type: ignore[no-untyped-def]
+    return bool(await svc.core.call(lambda s: s.open_attempts()))
