@@ -110,6 +110,10 @@ record clients $clients_rc "$t_clients" "$(cat "$WORK/clients.secs" 2>/dev/null)
 if [ $pip_rc != 0 ] || [ $infra_rc != 0 ] || [ $clients_rc != 0 ]; then finish; fi
 # shellcheck disable=SC1091
 . "$INFRA_DIR/env.sh"
+# The Debian test image (systemd + Python; ~50 s cold, 0.1 s when present) builds while the linters
+# and the first tests run; the tests that need it wait on the script's lock (tests/infra.py).
+bash scripts/images.sh >"$WORK/images.log" 2>&1 </dev/null &
+IMAGES_PID=$!
 
 # ------------------------------------------------------------ checks (each runs even if one before failed)
 run_step() { # run_step NAME CMD...
@@ -138,5 +142,6 @@ if [ $rc = 5 ]; then
   echo "pytest collected no tests: treated as a failure"
 fi
 record pytest $rc "$t"
+wait $IMAGES_PID 2>/dev/null || { echo "[images] scripts/images.sh failed:"; tail -n 20 "$WORK/images.log"; }
 
 finish
