@@ -351,6 +351,7 @@ class TaskRunner:
                               stop: asyncio.Event, log: Any, wall_clock_failure: FailureInfo,
                               ) -> tuple[ExitResult | None, FailureInfo | None]:
         ended_by: FailureInfo | None = None
+        stopping_agent = False
         try:
             result = await self._wait(runner, started, deadline, stop)
             if result is None:
@@ -358,8 +359,14 @@ class TaskRunner:
                 stop.clear()        # that stop is served by the kill; a new one cancels the upload
                 await runner.kill(started, self.config.tasks.kill_grace)
                 result = replace(await runner.wait(started), killed_by_agent=True)
+        except asyncio.CancelledError:
+            # The agent is stopping (the service's stop / SIGTERM): the command runs on and its
+            # runner keeps what a restarted agent needs to re-attach, so nothing is cleaned up.
+            stopping_agent = True
+            raise
         finally:
-            await runner.cleanup(started)
+            if not stopping_agent:
+                await runner.cleanup(started)
             if self.on_handle:
                 self.on_handle(ctx.job_id, ctx.task_id, None)
         stopped, upload_failure = await _unless_stopped(self._exited(ctx, result), stop)

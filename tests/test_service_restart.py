@@ -173,3 +173,51 @@ async def test_stop_leaves_running_tasks_alone(node_root: Path, tmp_path: Path) 
 
 async def _has_attempt_svc(svc) -> bool:  # type: ignore[no-untyped-def]
     return bool(await svc.core.call(lambda s: s.open_attempts()))
+
+
+async def test_release_interrupted_by_a_sigkill_finishes_once(node_root: Path, tmp_path: Path) -> None:
+    outside = open_dir(node_root)
+    lines = outside / "release"
+    gate = fifo(outside / "gate")
+    state = tmp_path / "state"
+    svc = service(node_root, SqliteStore(state))
+    await svc.add_job(job("j", onAllTasksComplete="terminatejob", jobPreparationTask={"commandLine": "/bin/true"},
+                          jobReleaseTask={"commandLine": sh(f"echo ran >> {lines}; cat {gate} >/dev/null")}))
+    await svc.add_task("j", task("t", "/bin/true"))
+    await svc.aclose()
+    child = start_child(node_root, state)
+    try:
+        await asyncio.to_thread(wait_file, lines)
+    finally:
+        kill(child)
+    svc = service(node_root, SqliteStore(state))
+    try:
+        await svc.start()
+        await asyncio.to_thread(release, gate)
+        await asyncio.wait_for(svc.run_until_idle(), 60)
+        record = await svc.get_job("j")
+        assert record.state == "completed" and record.execution_info["terminateReason"] == "AllTasksComplete"
+        _, rel = await svc.prep_release_status("j")
+        assert rel is not None and rel["state"] == "completed" and rel["exitCode"] == 0
+        assert lines.read_text() == "ran\n"
+    finally:
+        await svc.aclose()
+
+
+async def test_drain_stops_admitting_and_waits_for_running(node_root: Path, tmp_path: Path) -> None:
+    gate = fifo(open_dir(node_root) / "gate")
+    svc = service(node_root, SqliteStore(tmp_path / "state"))
+    await svc.add_job(job("j"))
+    await svc.add_task("j", task("first", sh(f"cat {gate} >/dev/null")))
+    await svc.add_task("j", task("second", "/bin/true"))
+    loop = asyncio.create_task(svc.serve())
+    try:
+        await until(lambda: _has_attempt_svc(svc), "the first task to start")
+        drained = asyncio.create_task(svc.drain())
+        await asyncio.to_thread(release, gate)
+        await asyncio.wait_for(drained, 30)
+        assert (await svc.get_task("j", "first")).state == "completed"
+        assert (await svc.get_task("j", "second")).state == "active"
+    finally:
+        loop.cancel()
+        await svc.aclose()
