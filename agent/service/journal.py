@@ -3,15 +3,16 @@
 Owns: turning each phase of a task, job preparation, job release or start task into one store
 transaction. A task: ``starting`` -> executionInfo of the attempt (state running); ``started`` ->
 ``TaskChanges(state="running", attempt=Attempt(...))``, the run handle in the same transaction;
-``retrying`` -> the attempt ended, then retryCount / lastRetryTime; ``finished`` -> completed (or
-requeued, or its directory removed if it was deleted meanwhile), then the attempt ended, then the
-service's ``after_task`` hook (job actions, retention). Prep / release: their record on this node
-(``put_prep_release``), REST shape plus ``x-agent-bootId``; the start task: ``StartTaskGate``.
+``retrying`` -> retryCount / lastRetryTime and the attempt ended, one transaction; ``finished``
+-> completed (or requeued) and the attempt ended, one transaction, then the service's
+``after_task`` hook (job actions, retention). Three writes per one-attempt task: running,
+handle, completed (each an fsync with synchronous=FULL, on the store's one thread). Prep /
+release: their record on this node (``put_prep_release``), REST shape plus ``x-agent-bootId``;
+the start task: ``StartTaskGate``.
 
-Order and crashes: the attempt is ended *before* a retry is recorded, so a crash in between is
-a task live without an open attempt (requeued), never an old handle waited on again; a crash
-between ``completed`` and the attempt's end leaves an open attempt of a completed task, which
-recovery just ends. Must not: decide job actions (``scheduler`` does, in ``after_task``).
+Crashes: the result and the attempt's end are one transaction, so a restarted agent never waits
+on an old handle of a recorded result; an open attempt of a completed task (a deleted task's,
+or an older agent's) is just ended by recovery. Must not: decide job actions (``scheduler`` does, in ``after_task``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from agent.taskrunner import special_task_info
 
 BOOT_KEY = "x-agent-bootId"
 LIVE = Expect(states=T_LIVE)
+STARTABLE = Expect(states=frozenset({T_ACTIVE, *T_LIVE}))
 ATTEMPT_KIND = {JOB_PREPARATION: "jobpreparation", JOB_RELEASE: "jobrelease", START: "starttask"}
 
 
@@ -110,16 +112,21 @@ class StoreJournal:
         await self._end_attempt(kind, job_id, task_id)
 
     async def _end_attempt(self, kind: str, job_id: str, task_id: str) -> None:
+        attempt = self._ended(kind, job_id, task_id)
+        if attempt is not None:
+            await self.core.call(lambda s: s.save_attempt(attempt))
+
+    def _ended(self, kind: str, job_id: str, task_id: str) -> Attempt | None:
+        """The open attempt of this owner, marked ended now (saved by the caller's transaction)."""
         k, j, t = self._owner(kind, job_id, task_id)
         attempt = self._attempts.pop((k, j.casefold(), t.casefold()), None)
-        if attempt is not None:
-            ended = utcnow()
-            await self.core.call(lambda s: s.end_attempt(attempt, ended))
+        return None if attempt is None else replace(attempt, ended=utcnow())
 
-    async def _task(self, job_id: str, task_id: str, changes: TaskChanges) -> TaskRecord | None:
+    async def _task(self, job_id: str, task_id: str, changes: TaskChanges,
+                    expect: Expect = LIVE) -> TaskRecord | None:
         def go(s: Store) -> TaskRecord | None:
             try:
-                done = s.transition_task(job_id, task_id, LIVE, changes)
+                done = s.transition_task(job_id, task_id, expect, changes)
             except (JobNotFound, TaskNotFound):
                 return None
             return None if isinstance(done, Conflict) else done
@@ -150,7 +157,7 @@ class StoreJournal:
         else:
             await self._task(request.job_id, request.task_id, TaskChanges(
                 state=T_RUNNING, execution_info=request.info,
-                node_info=self.core.runner.node_info(dirs).to_json()))
+                node_info=self.core.runner.node_info(dirs).to_json()), STARTABLE)
 
     async def started(self, request: AttemptStarted) -> None:
         k, j, t = self._owner(request.kind, request.job_id, request.task_id)
@@ -163,9 +170,11 @@ class StoreJournal:
             await self.core.call(lambda s: s.save_attempt(attempt))
 
     async def retrying(self, request: AttemptRetrying) -> None:
-        await self._end_attempt(request.kind, request.job_id, request.task_id)
-        if attempt_kind(request.kind) == "task":
-            await self._task(request.job_id, request.task_id, TaskChanges(execution_info=request.info))
+        if attempt_kind(request.kind) != "task":
+            await self._end_attempt(request.kind, request.job_id, request.task_id)
+            return
+        ended = self._ended(request.kind, request.job_id, request.task_id)      # one transaction
+        await self._task(request.job_id, request.task_id, TaskChanges(execution_info=request.info, attempt=ended))
 
     async def finished(self, request: TaskFinished) -> None:
         status = request.outcome.status
@@ -181,18 +190,20 @@ class StoreJournal:
             await self._end_attempt(request.kind, request.job_id, request.task_id)
             return
         entry = self.core.running.get(key(request.job_id, request.task_id))
+        ended = self._ended(request.kind, request.job_id, request.task_id)      # in the same transaction
         record: TaskRecord | None
         if entry is not None and entry.requeue:
             record = await self._task(request.job_id, request.task_id, TaskChanges(
-                state=T_ACTIVE, execution_info=requeued(status.execution_info)))
+                state=T_ACTIVE, execution_info=requeued(status.execution_info), attempt=ended))
         else:
             decision = status.decision
             record = await self._task(request.job_id, request.task_id, TaskChanges(
                 state=T_COMPLETED, execution_info=status.execution_info,
                 node_info=status.node_info.to_json() if status.node_info else UNSET,
                 dependency_action=decision.dependency_action if decision else
-                ("satisfy" if status.execution_info.failure_info is None else "block")))
-        await self._end_attempt(request.kind, request.job_id, request.task_id)
+                ("satisfy" if status.execution_info.failure_info is None else "block"), attempt=ended))
+        if record is None and ended is not None:                # the task was deleted meanwhile
+            await self.core.call(lambda s: s.save_attempt(ended))
         await self.after_task(request, record)
 
 

@@ -148,11 +148,16 @@ class Scheduler:
     async def _claim(self, rec: TaskRecord) -> bool:
         job = await self.core.call(lambda s: s.get_job(rec.job_id))
         spec = self.spec(job)
-        state = jobs.T_PREPARING if spec.job_preparation_task is not None else jobs.T_RUNNING
-        done = await self.core.call(lambda s: s.transition_task(rec.job_id, rec.id, Expect(states=frozenset(
-            {jobs.T_ACTIVE})), TaskChanges(state=state)))
-        if isinstance(done, Conflict):
-            return False
+        done: TaskRecord | Conflict[TaskRecord] = rec
+        if spec.job_preparation_task is not None:
+            # Batch shows the task preparing while its job's preparation runs. Without one, the
+            # journal's ``starting`` makes it running (one write less; the in-memory table keeps
+            # it from being admitted twice).
+            done = await self.core.call(lambda s: s.transition_task(rec.job_id, rec.id, Expect(states=frozenset(
+                {jobs.T_ACTIVE})), TaskChanges(state=jobs.T_PREPARING)))
+            if isinstance(done, Conflict):
+                return False
+        assert isinstance(done, TaskRecord)
         entry = Running(rec.job_id, rec.id, rec.required_slots)
         self.core.running[key(rec.job_id, rec.id)] = entry
         entry.task = self.core.spawn(self._run(done, spec), f"task {rec.job_id}/{rec.id}")

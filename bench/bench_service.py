@@ -1,0 +1,67 @@
+"""The service core's throughput: N trivial tasks (``/bin/true``) through ``NodeService`` against
+bare ``asyncio.create_subprocess_exec`` spawns at the same concurrency, in the same run.
+
+The service path is the whole of it except HTTP: validation at add (collections of 100), the
+SQLite store (synchronous=FULL, as the daemon), admission, the task dir hook, the supervised
+ProcessRunner, the journal's transactions (running, handle, completed). The ratio is
+baseline-time / service-time (issue 8 aims at 0.5 or more, with the API in front).
+
+    .venv/bin/python bench/bench_service.py [N] [SLOTS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from service_kit import job, service, task
+
+from agent.store import SqliteStore
+
+
+async def baseline(n: int, slots: int) -> float:
+    sem = asyncio.Semaphore(slots)
+
+    async def one() -> None:
+        async with sem:
+            proc = await asyncio.create_subprocess_exec("/bin/true")
+            await proc.wait()
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return time.perf_counter() - start
+
+
+async def through_service(n: int, slots: int, base: Path) -> float:
+    root = Path(tempfile.mkdtemp(dir=base))
+    root.chmod(0o755)
+    svc = service(root, SqliteStore(root.parent / f"{root.name}.state"), slots=slots)
+    start = time.perf_counter()
+    await svc.add_job(job("bench"))
+    for first in range(0, n, 100):
+        await svc.add_tasks("bench", {"value": [task(f"t{i}", "/bin/true") for i in range(first, min(n, first + 100))]})
+    await svc.run_until_idle()
+    took = time.perf_counter() - start
+    counts = await svc.core.call(lambda s: s.task_counts("bench"))
+    assert counts.tasks.succeeded == n, counts
+    await svc.aclose()
+    shutil.rmtree(root, ignore_errors=True)
+    return took
+
+
+async def main(n: int, slots: int) -> None:
+    base = Path("/tmp/batch-agent-bench")
+    base.mkdir(mode=0o755, exist_ok=True)
+    plain = await baseline(n, slots)
+    served = await through_service(n, slots, base)
+    print(f"{n} tasks, {slots} slots: asyncio spawns {plain:.2f} s ({n / plain:.0f}/s), "
+          f"NodeService {served:.2f} s ({n / served:.0f}/s), ratio {plain / served:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000, int(sys.argv[2]) if len(sys.argv) > 2 else 4))
