@@ -59,7 +59,8 @@ async def test_token_in_env_scoped_to_its_job_and_live_only_while_running(node_r
     gate = fifo(node_root)
     svc = service(node_root, make_store("memory", tmp_path), tokens=TaskTokens(secret), slots=2)
     await svc.add_job(job("j"))
-    dump = "echo ${AZ_BATCH_AUTHENTICATION_TOKEN:-none} > $AZ_BATCH_NODE_SHARED_DIR/token.$AZ_BATCH_TASK_ID"
+    out = "$AZ_BATCH_NODE_SHARED_DIR/token.$AZ_BATCH_TASK_ID"
+    dump = f"echo ${{AZ_BATCH_AUTHENTICATION_TOKEN:-none}} > {out}.tmp; mv {out}.tmp {out}"
     await svc.add_task("j", task("with", sh(f"{dump}; cat {gate} >/dev/null"),
                                  authenticationTokenSettings={"access": ["job"]}))
     await svc.add_task("j", task("without", sh(dump)))
@@ -118,3 +119,38 @@ async def test_failed_start_task_with_wait_for_success_keeps_the_node_closed(nod
     info = svc.start_task_info()
     assert info is not None and info["result"] == "failure" and info["exitCode"] == 4 and info["retryCount"] == 1
     await svc.aclose()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-task accounts exist only when the agent is root")
+async def test_retention_deletes_the_per_task_account(node_root: Path, tmp_path: Path) -> None:
+    import pwd
+
+    svc = service(node_root, make_store("memory", tmp_path))
+    await svc.add_job(job("j"))
+    out = "$AZ_BATCH_NODE_SHARED_DIR/who"
+    await svc.add_task("j", task("t", sh(f"id -un > {out}.tmp; mv {out}.tmp {out}"),
+                                 userIdentity={"autoUser": {"scope": "task"}},
+                                 constraints={"retentionTime": "PT0S"}))
+    loop = asyncio.create_task(svc.serve())
+    try:
+        who = node_root / "shared" / "who"
+        await until(lambda: _exists(who), "the task to run")
+        name = who.read_text().strip()
+        assert name.startswith("_azbatchtask_")
+        await until(lambda: _gone(svc.core.layout.task("j", "t").task_dir), "retention")
+        await until(lambda: _no_account(name), "the account to be deleted")
+    finally:
+        loop.cancel()
+        await svc.aclose()
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+
+
+async def _no_account(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return True
+    return False

@@ -46,7 +46,7 @@ from agent.store import TaskExists as StoreTaskExists
 from agent.store import TaskNotFound as StoreTaskNotFound
 from agent.taskrunner import TaskRunner, ended_by_user, limits_for
 from agent.tokens import TaskClaims, TaskTokens
-from agent.users import UserPolicy
+from agent.users import UserPolicy, policy_from_config
 
 MAX_IDLE_WAIT = 60.0
 
@@ -68,7 +68,7 @@ class NodeService:
                  start_task: StartTask | None = None, state_dir: Path | None = None,
                  tokens: TaskTokens | None = None, user_policy: UserPolicy | None = None) -> None:
         thread = store if isinstance(store, StoreThread) else StoreThread(store)
-        self.core = Core(thread, runner, slots, user_policy)
+        self.core = Core(thread, runner, slots, user_policy or policy_from_config(runner.config))
         self.gate = StartTaskGate(self.core, start_task, state_dir)
         self.journal = StoreJournal(self.core, after_task=self._after_task, start_status=self.gate.record)
         self.prep = PrepRelease(self.core, self.journal)
