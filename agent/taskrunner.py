@@ -131,6 +131,11 @@ class TaskRunner:
         """Ask a running task to end (user terminate): it completes with TaskEnded/UserError."""
         self._terminate.setdefault((job_id, task_id), asyncio.Event()).set()
 
+    def clear_stop(self, job_id: str, task_id: str) -> None:
+        """Forget a stop asked of an earlier run of this task (one that came as it ended), so a
+        new run (requeue, reactivate) does not end at once. The service calls it at admission."""
+        self._terminate.pop((job_id, task_id), None)
+
     def interrupt(self) -> None:
         """A stop asked of the whole run (the CLI's Ctrl-C, SIGTERM, SIGHUP): every task running
         now ends; ``run_job_task`` counts these to decide what still runs (module docstring)."""

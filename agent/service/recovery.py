@@ -81,6 +81,7 @@ async def _resume_task(core: Core, scheduler: Scheduler, journal: StoreJournal, 
     assert isinstance(job, JobRecord)
     spec = scheduler.spec(job)
     journal.adopt(attempt)
+    core.runner.clear_stop(task.job_id, task.id)
     entry = Running(task.job_id, task.id, task.required_slots)
     core.running[key(task.job_id, task.id)] = entry
     entry.task = core.spawn(_resume(core, journal, task, spec, attempt), f"resume {task.job_id}/{task.id}")

@@ -54,6 +54,7 @@ class Scheduler:
         self.gate_open = True               # the start task's waitForSuccess
         self._ending: dict[str, asyncio.Task[None]] = {}
         self._specs: dict[tuple[str, str], JobSpec] = {}
+        self._deps: dict[tuple[str, str, str], jobs.DependsOn | None] = {}
         self.next_deadline: datetime | None = None
 
     def spec(self, job: JobRecord) -> JobSpec:
@@ -139,7 +140,12 @@ class Scheduler:
         return moved
 
     async def _dependencies_met(self, rec: TaskRecord) -> bool:
-        dep = jobs.depends_on(jobs.task_spec(rec))
+        k = (rec.job_id.casefold(), rec.id.casefold(), rec.etag)
+        if k not in self._deps:
+            if len(self._deps) > 10000:
+                self._deps.clear()
+            self._deps[k] = jobs.depends_on(jobs.task_spec(rec))       # parsed once per body
+        dep = self._deps[k]
         if dep is None:
             return True
         parents = await self.core.call(lambda s: s.find_tasks(rec.job_id, dep.ids, dep.ranges))
@@ -158,6 +164,7 @@ class Scheduler:
             if isinstance(done, Conflict):
                 return False
         assert isinstance(done, TaskRecord)
+        self.core.runner.clear_stop(rec.job_id, rec.id)     # no await from here to the entry
         entry = Running(rec.job_id, rec.id, rec.required_slots)
         self.core.running[key(rec.job_id, rec.id)] = entry
         entry.task = self.core.spawn(self._run(done, spec), f"task {rec.job_id}/{rec.id}")
