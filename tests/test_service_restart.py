@@ -70,6 +70,7 @@ async def test_sigkilled_agent_reattaches_and_keeps_the_real_exit_code(node_root
     child = start_child(node_root, state)
     try:
         await asyncio.to_thread(wait_file, lines)
+        await handle_written(state, "task")
     finally:
         kill(child)
     svc = service(node_root, SqliteStore(state))
@@ -188,6 +189,7 @@ async def test_release_interrupted_by_a_sigkill_finishes_once(node_root: Path, t
     child = start_child(node_root, state)
     try:
         await asyncio.to_thread(wait_file, lines)
+        await handle_written(state, "jobrelease")
     finally:
         kill(child)
     svc = service(node_root, SqliteStore(state))
@@ -221,3 +223,65 @@ async def test_drain_stops_admitting_and_waits_for_running(node_root: Path, tmp_
     finally:
         loop.cancel()
         await svc.aclose()
+
+
+async def test_retries_continue_after_a_sigkill_mid_retry(node_root: Path, tmp_path: Path) -> None:
+    outside = open_dir(node_root)
+    lines = outside / "lines"
+    gate = fifo(outside / "gate")
+    state = tmp_path / "state"
+    script = (f"echo $$ >> {lines}; n=$(wc -l < {lines}); [ $n -ge 3 ] && exit 0; "
+              f"[ $n -eq 2 ] && cat {gate} >/dev/null; exit 1")
+    svc = service(node_root, SqliteStore(state))
+    await svc.add_job(job("j"))
+    await svc.add_task("j", task("t", sh(script), constraints={"maxTaskRetryCount": 5}))
+    await svc.aclose()
+    child = start_child(node_root, state)
+    try:
+        await asyncio.to_thread(wait_file_lines, lines, 2)
+        store = SqliteStore(state)
+        try:        # the second attempt's handle is written (a kill before that is the requeue path)
+            await until(lambda: _attempt_number(store, 1), "the retry's handle to be persisted")
+        finally:
+            store.close()
+    finally:
+        kill(child)
+    svc = service(node_root, SqliteStore(state))
+    try:
+        await svc.start()
+        await asyncio.to_thread(release, gate)
+        await asyncio.wait_for(svc.run_until_idle(), 60)
+        t = await svc.get_task("j", "t")
+        assert t.state == "completed" and t.execution_info.exit_code == 0
+        assert t.execution_info.retry_count == 2 and t.execution_info.requeue_count == 0
+        assert len(lines.read_text().split()) == 3
+        assert await svc.core.call(lambda s: s.open_attempts()) == []
+    finally:
+        await svc.aclose()
+
+
+def wait_file_lines(path: Path, n: int) -> None:
+    import time
+
+    end = time.monotonic() + 30
+    while not (path.exists() and len(path.read_text().split()) >= n):
+        if time.monotonic() > end:
+            raise AssertionError(f"{path} never had {n} lines")
+        time.sleep(0.01)
+
+
+async def _attempt_number(store: SqliteStore, number: int) -> bool:
+    return any(a.number == number for a in store.open_attempts())
+
+
+async def handle_written(state: Path, kind: str) -> None:
+    """Wait until the child persisted the run handle (a kill before that is the requeue path)."""
+    store = SqliteStore(state)
+    try:
+        await until(lambda: _has_kind(store, kind), f"the {kind} handle to be persisted")
+    finally:
+        store.close()
+
+
+async def _has_kind(store: SqliteStore, kind: str) -> bool:
+    return any(a.kind == kind for a in store.open_attempts())
