@@ -15,7 +15,8 @@ the agent's own faults.
         ├── JobExists / TaskExists                        409
         ├── JobBeingDeleted / JobBeingTerminated / JobCompleted / JobNotActive / JobDisabled  409
         ├── TaskCompleted / TaskNotCompleted / TaskSucceeded                                409
-        ├── TaskDependenciesNotSpecifiedOnJob / InvalidPropertyValue / TooManyTasks         400
+        ├── TaskIdSameAsJobPreparationTask / TaskIdSameAsJobReleaseTask                     409
+        ├── TaskDependenciesNotSpecifiedOnJob / InvalidPropertyValue                        400
         └── ConditionNotMet                               412 (If-Match lost)
 
 ``ServiceError.code`` is the Batch code the API answers with (``agent.api.errors.CODES`` has
@@ -108,3 +109,6 @@ TaskDependenciesNotSpecifiedOnJob = _service_error(
     "TaskDependenciesNotSpecifiedOnJob", "dependsOn in a job without usesTaskDependencies.")
 InvalidPropertyValue = _service_error("InvalidPropertyValue", "A property a node cannot take (path, reason).")
 ConditionNotMet = _service_error("ConditionNotMet", "An If-Match eTag no longer holds.")
+TaskIdSameAsJobPreparationTask = _service_error("TaskIdSameAsJobPreparationTask",
+                                                "The task id is the job preparation task's.")
+TaskIdSameAsJobReleaseTask = _service_error("TaskIdSameAsJobReleaseTask", "The task id is the job release task's.")

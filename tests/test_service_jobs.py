@@ -295,3 +295,14 @@ async def test_commands_refused_by_state(node_root: Path, tmp_path: Path) -> Non
         await svc.get_task("nope", "t")
     assert err.value.code == "JobNotFound"
     await svc.aclose()
+
+
+async def test_task_id_of_the_prep_or_release_task_is_refused(node_root: Path, tmp_path: Path) -> None:
+    svc = service(node_root, make_store("memory", tmp_path))
+    await svc.add_job(job("j", jobPreparationTask={"id": "prep", "commandLine": "/bin/true"},
+                          jobReleaseTask={"id": "rel", "commandLine": "/bin/true"}))
+    for task_id, code in (("PREP", "TaskIdSameAsJobPreparationTask"), ("rel", "TaskIdSameAsJobReleaseTask")):
+        with pytest.raises(ServiceError) as err:
+            await svc.add_task("j", task(task_id, "/bin/true"))
+        assert err.value.code == code and err.value.path == "id"
+    await svc.aclose()

@@ -70,11 +70,13 @@ def check_task(job: JobRecord, spec: JobSpec, task: TaskSpec, *, path: str = "")
         raise errors.TaskDependenciesNotSpecifiedOnJob(
             f"{path}dependsOn: job {job.id!r} was created without usesTaskDependencies; create the job with "
             f"usesTaskDependencies true to use dependsOn", path=f"{path}dependsOn")
-    for special in (spec.job_preparation_task, spec.job_release_task):
-        if special is not None and special.id.casefold() == task.id.casefold():
-            raise errors.TaskExists(f"{path}id: {task.id!r} is the id of the job's "
-                                    f"{'preparation' if special is spec.job_preparation_task else 'release'} task",
-                                    path=f"{path}id")
+    prep, release = spec.job_preparation_task, spec.job_release_task
+    if prep is not None and prep.id.casefold() == task.id.casefold():
+        raise errors.TaskIdSameAsJobPreparationTask(f"{path}id: {task.id!r} is the id of the job's preparation "
+                                                    f"task; choose another id", path=f"{path}id")
+    if release is not None and release.id.casefold() == task.id.casefold():
+        raise errors.TaskIdSameAsJobReleaseTask(f"{path}id: {task.id!r} is the id of the job's release task; "
+                                                f"choose another id", path=f"{path}id")
 
 
 def new_task(task: TaskSpec, body: Mapping[str, Any]) -> NewTask:
