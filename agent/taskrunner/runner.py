@@ -1,49 +1,23 @@
-"""One task's life on this node, from ``running`` to ``completed`` (§3, §5, §6, §9, §10).
+"""``TaskRunner``: one task's attempts, retries, journal and resume (see the package docstring)."""
 
-    attempt:  prestart hooks -> runner.start -> runner.wait (wall clock) -> exited hooks
-    then:     retry (non-zero exit, retries left) or complete -> exit conditions -> job effect
-
-The wall clock starts with the running phase, downloads included, and applies per attempt
-(UNCONFIRMED in Batch; the semantics doc's recommendation). On expiry the whole tree is killed
-(SIGTERM, grace, SIGKILL, sweep) and the task completes with ``TaskEnded`` / ServerError and the
-exit code ``-signal``; it is not retried. Pre-processing and upload errors are not retried either.
-Output files are uploaded after every attempt whose process ran.
-
-A stop request (``terminate``; ``interrupt`` for the CLI's Ctrl-C / SIGTERM / SIGHUP) ends the
-phase the attempt is in: downloads and the container pull are cancelled and the command is
-never started; a running command is killed like on the wall clock, and its output files are
-still uploaded (as after a Batch terminate); an upload is cancelled. The task completes with
-``TaskEnded`` / UserError "Task was ended by user request." and is not retried. Under
-``run_job_task`` a first stop during the job preparation task ends it, and the task is never
-started (it completes with ``TaskEnded`` and no exit code); the job release task still runs, as
-Batch runs it when a job ends. A second stop ends the release task too.
-
-This module knows the ``Runner`` and hook protocols only; ``agent.cli`` (or the service) builds
-the concrete runners and hooks and hands them in.
-"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from agent import cmdline
 from agent.config import AgentConfig
 from agent.environment import NodeIdentity, TaskEnvRequest, task_environment
 from agent.exits import Outcome, decide, job_effect
 from agent.layout import NodeLayout, TaskDirs
 from agent.lifecycle import (
-    JOB_PREPARATION,
-    JOB_RELEASE,
     START,
     TASK,
     AttemptRetrying,
-    AttemptStarted,
     AttemptStarting,
     ExitedHook,
     Journal,
@@ -55,56 +29,30 @@ from agent.lifecycle import (
 )
 from agent.logs import get_logger
 from agent.runner import ExitResult, RunHandle, Runner, RunRequest, TaskUser
-from agent.spec import JobPreparationTask, JobReleaseTask, JobSpec, StartTask, TaskBase, TaskSpec
+from agent.spec import JobSpec, TaskBase, TaskSpec
 from agent.status import (
     ExecutionInfo,
     ExitDecision,
     FailureInfo,
-    JobState,
     NodeInfo,
     TaskState,
     TaskStatus,
     utcnow,
 )
+from agent.taskrunner.helpers import (
+    StartedSink,
+    ended_by_user,
+    limits_for,
+    loop_deadline,
+    split_command,
+    started_sink,
+    unless_stopped,
+)
 
 UserResolver = Callable[[TaskBase, str, str], "TaskUser | FailureInfo"]
 HandleSink = Callable[[str, str, RunHandle | None], None]
 TokenSource = Callable[[str, str], str]        # (job id, task id) -> AZ_BATCH_AUTHENTICATION_TOKEN
-StartedSink = Callable[[RunHandle], Awaitable[None]]
-T = TypeVar("T")
 LOST = "lost"
-
-__all__ = ["LOST", "JobOutcome", "Limits", "TaskOutcome", "TaskRunner", "limits_for", "run_job_task",
-           "special_task_info", "split_command"]
-
-
-def ended_by_user() -> FailureInfo:
-    return FailureInfo.user("TaskEnded", "Task was ended by user request.")
-
-
-def limits_for(spec: TaskBase, job: JobSpec | None) -> Limits:
-    """The effective constraints of a task (task constraints, else the job's; §5, §9)."""
-    if isinstance(spec, JobReleaseTask):
-        return Limits(spec.max_wall_clock_time, 0, spec.retention_time)
-    if isinstance(spec, StartTask):
-        return Limits(None, spec.max_task_retry_count or 0, None)
-    constraints = getattr(spec, "constraints", None)
-    job_retries = job.constraints.max_task_retry_count if job and job.constraints else None
-    if isinstance(spec, JobPreparationTask):
-        job_retries = None  # the prep task's retries come from its own constraints only
-    if constraints is None:
-        from agent.spec.task import DEFAULT_RETENTION
-        return Limits(None, job_retries or 0, DEFAULT_RETENTION)
-    retries = constraints.max_task_retry_count
-    if retries is None:
-        retries = job_retries or 0
-    return Limits(constraints.max_wall_clock_time, retries, constraints.retention_time)
-
-
-def split_command(command_line: str) -> tuple[str, ...]:
-    """POSIX word splitting without any expansion (§3; exact Batch rules UNCONFIRMED), as
-    ``shlex.split`` does it but in linear time (``agent.cmdline``)."""
-    return tuple(cmdline.split(command_line))
 
 
 @dataclass(slots=True)
@@ -206,7 +154,7 @@ class TaskRunner:
                                    container_info=None)
                     if journal is not None:
                         await journal.starting(AttemptStarting(kind, job_id, task_id, attempt, info))
-                    started = _started_sink(journal, kind, job_id, task_id, attempt, info)
+                    started = started_sink(journal, kind, job_id, task_id, attempt, info)
                     result, failure = await self._attempt(spec, job, kind, job_id, task_id, attempt, dirs, limits,
                                                           log.bind(attempt=attempt), stop, started)
                 if result is not None and result.lost:
@@ -326,8 +274,8 @@ class TaskRunner:
                            ) -> tuple[ExitResult | None, FailureInfo | None]:
         job_id, task_id, attempt, dirs, user = ctx.job_id, ctx.task_id, ctx.attempt, ctx.dirs, ctx.user
         try:
-            async with asyncio.timeout_at(_loop_deadline(deadline)):
-                stopped, failure = await _unless_stopped(self._prestart(ctx), stop)
+            async with asyncio.timeout_at(loop_deadline(deadline)):
+                stopped, failure = await unless_stopped(self._prestart(ctx), stop)
         except TimeoutError:
             return None, wall_clock_failure
         if stopped or stop.is_set():
@@ -374,7 +322,7 @@ class TaskRunner:
                 await runner.cleanup(started)
             if self.on_handle:
                 self.on_handle(ctx.job_id, ctx.task_id, None)
-        stopped, upload_failure = await _unless_stopped(self._exited(ctx, result), stop)
+        stopped, upload_failure = await unless_stopped(self._exited(ctx, result), stop)
         if stopped:
             log.info("task ended during output upload")
             return result, ended_by or ended_by_user()
@@ -428,102 +376,3 @@ class TaskRunner:
             auth_token=self._token(spec, kind, job_id, task_id),
         )
         return task_environment(self.node, self.layout, request)
-
-
-def _started_sink(journal: Journal | None, kind: str, job_id: str, task_id: str, attempt: int,
-                  info: ExecutionInfo) -> StartedSink | None:
-    if journal is None:
-        return None
-
-    async def sink(handle: RunHandle) -> None:
-        await journal.started(AttemptStarted(kind, job_id, task_id, attempt, handle, info))
-    return sink
-
-
-async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:
-    """``(False, result of work)``, or ``(True, None)`` when ``stop`` is set first: then ``work``
-    is cancelled (a transfer's threads stop with it, see ``agent.blob``) and awaited."""
-    job = asyncio.ensure_future(work)
-    stopper = asyncio.ensure_future(stop.wait())
-    stopped = False
-    try:
-        await asyncio.wait({job, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopped = not job.done()
-    finally:
-        stopper.cancel()
-        if not job.done():
-            job.cancel()
-            await asyncio.wait({job})
-    if stopped:
-        if not job.cancelled():
-            job.exception()         # retrieved: an error while being cancelled is not news
-        return True, None
-    return False, job.result()
-
-
-def _loop_deadline(deadline: float | None) -> float | None:
-    """Convert a time.monotonic() deadline to the event loop's clock."""
-    if deadline is None:
-        return None
-    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
-
-
-@dataclass(slots=True)
-class JobOutcome:
-    """A job run through ``run --job``: prep, the task, release, and the job's end state."""
-
-    job_id: str
-    task: TaskOutcome | None
-    preparation: TaskOutcome | None = None
-    release: TaskOutcome | None = None
-    job_state: JobState = JobState.ACTIVE
-    terminate_reason: str | None = None
-    preparation_blocked: bool = False   # prep failed with waitForSuccess: the task never ran
-
-    def start_time(self) -> datetime | None:
-        return self.task.status.execution_info.start_time if self.task else None
-
-
-def special_task_info(outcome: TaskOutcome, *, retries: bool) -> dict[str, Any]:
-    """jobPreparationTaskExecutionInfo / jobReleaseTaskExecutionInfo in Batch's shape."""
-    info = outcome.status.execution_info.to_json()
-    info.pop("requeueCount", None)
-    if not retries:
-        info.pop("retryCount", None)
-        info.pop("lastRetryTime", None)
-    node = outcome.status.node_info
-    out: dict[str, Any] = {"state": str(outcome.status.state), **info}
-    if node is not None:
-        out["taskRootDirectory"] = node.task_root_directory
-        if node.task_root_directory_url:
-            out["taskRootDirectoryUrl"] = node.task_root_directory_url
-    return out
-
-
-async def run_job_task(runner: TaskRunner, task: TaskSpec, *, job_id: str, job: JobSpec | None) -> JobOutcome:
-    """Prep (waitForSuccess semantics) -> the task -> release, as Batch would on one node (§9).
-
-    Stop requests (``TaskRunner.interrupt``): after the first the task is not started (it
-    completes ``TaskEnded`` without running); the release task still runs, the second ends it.
-    """
-    outcome = JobOutcome(job_id, None)
-    prep = job.job_preparation_task if job else None
-    if prep is not None:
-        outcome.preparation = await runner.run(prep, job_id=job_id, job=job, kind=JOB_PREPARATION,
-                                               task_id=prep.id)
-        failed = outcome.preparation.status.execution_info.failure_info is not None
-        if failed and prep.wait_for_success:
-            outcome.preparation_blocked = True
-    if not outcome.preparation_blocked:
-        if runner.interrupts:
-            runner.terminate(job_id, task.id)
-        outcome.task = await runner.run(task, job_id=job_id, job=job, kind=TASK)
-        outcome.job_state = outcome.task.job_state
-        outcome.terminate_reason = outcome.task.terminate_reason
-    release = job.job_release_task if job else None
-    if release is not None and outcome.preparation is not None:
-        if runner.interrupts >= 2:
-            runner.terminate(job_id, release.id)
-        outcome.release = await runner.run(release, job_id=job_id, job=job, kind=JOB_RELEASE,
-                                           task_id=release.id)
-    return outcome
