@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from agent.service.retention import Retention
 from agent.service.scheduler import Scheduler
 from agent.service.start_task import StartTaskGate
 from agent.spec import JobSpec, StartTask, TaskCollection, TaskSpec, load_data
-from agent.status import FailureInfo, format_time, utcnow
+from agent.status import format_time, utcnow
 from agent.store import (
     Conflict,
     Expect,
@@ -44,7 +44,7 @@ from agent.store import JobExists as StoreJobExists
 from agent.store import JobNotFound as StoreJobNotFound
 from agent.store import TaskExists as StoreTaskExists
 from agent.store import TaskNotFound as StoreTaskNotFound
-from agent.taskrunner import TaskRunner, ended_by_user, limits_for
+from agent.taskrunner import TaskRunner, ended_by_user
 from agent.tokens import TaskClaims, TaskTokens
 from agent.users import UserPolicy, policy_from_config
 
@@ -375,8 +375,5 @@ class NodeService:
         assert isinstance(done, TaskRecord)
         return done
 
-    def limits(self, job: JobSpec, task: TaskSpec) -> Any:
-        return limits_for(task, job)
 
-
-__all__ = ["AddResult", "FailureInfo", "NodeService", "Sequence"]
+__all__ = ["AddResult", "NodeService"]
