@@ -121,8 +121,13 @@ class Scheduler:
         free = self.core.slots - self.core.used_slots()
         moved = False
         token: str | None = None
+        # The first page is sized to what can be admitted (the tasks this agent runs may still
+        # read active, and a few may wait on dependencies or slots): reading and decoding 200
+        # records at every task's end was a third of the store thread's time.
+        limit = min(PAGE, free + len(self.core.running) + 16)
         while free > 0:
-            page = await self.core.call(runnable_page(PAGE, token))
+            page = await self.core.call(runnable_page(limit, token))
+            limit = PAGE
             for rec in page.items:
                 if free <= 0:
                     break

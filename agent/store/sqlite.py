@@ -72,7 +72,8 @@ class SqliteStore:
         files.prepare_dir(Path(state_dir))
         files.prepare_db(self.path)
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()        # re-entered by a write inside ``batch``
+        self._batching = False
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             with _faults("open"):
@@ -101,27 +102,56 @@ class SqliteStore:
 
     # ---- plumbing
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; the eTag clock's last tick is read and written inside it."""
+    def batch(self) -> Iterator[None]:
+        """Group commit (``StoreThread`` uses it): the writes and reads of this thread inside it
+        share one transaction, each write a savepoint of its own (a write that raises is rolled
+        back alone), and one COMMIT, hence one fsync, at the end. Nothing inside is durable
+        before this returns, so the caller answers no one before that."""
         with self._lock, _faults("write"):
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
+            self._batching = True
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._batching = False
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (a savepoint inside ``batch``); the eTag clock's last tick is
+        read and written inside it."""
+        with self._lock, _faults("write"):
+            conn = self._conn
+            nested = self._batching
+            conn.execute("SAVEPOINT w" if nested else "BEGIN IMMEDIATE")
             try:
                 before = conn.execute("SELECT value FROM meta WHERE name = 'etag_tick'").fetchone()[0]
                 self._etags.last = before
                 yield conn
                 if self._etags.last != before:
                     conn.execute("UPDATE meta SET value = ? WHERE name = 'etag_tick'", (self._etags.last,))
-                conn.execute("COMMIT")
+                conn.execute("RELEASE w" if nested else "COMMIT")
             except BaseException:
-                if conn.in_transaction:
+                if nested:
+                    conn.execute("ROLLBACK TO w")
+                    conn.execute("RELEASE w")
+                elif conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: a consistent snapshot across the statements of one call."""
+        """A read transaction: a consistent snapshot across the statements of one call (inside
+        ``batch``, the batch's transaction is that snapshot)."""
         with self._lock, _faults("read"):
+            if self._batching:
+                yield self._conn
+                return
             self._conn.execute("BEGIN")
             try:
                 yield self._conn
