@@ -41,14 +41,27 @@ def task_dir_mode(kind: str) -> int:
     return READABLE_TASK_DIR_MODE if kind in READABLE_KINDS else PRIVATE_TASK_DIR_MODE
 
 
+# Node roots already prepared by this process, by (path, device, inode) of the root. The node
+# dirs are the agent's (0755, or 1777 for shared/), not writable by a task, so once created and
+# checked they stay as they are: later attempts skip re-creating them (17 syscalls a task). The
+# root itself is opened and trust-checked every time, and a task dir below is still walked
+# through fds every attempt (its last step is the task's and may have been swapped).
+_prepared: set[tuple[str, int, int]] = set()
+
+
 def prepare_node(ctx: TaskContext) -> int:
     """Check the node root, create the node dirs; an fd of the root (the caller closes it)."""
     root = open_trusted(ctx.layout.root, "node root")
     try:
+        st = os.fstat(root)
+        seen = (str(ctx.layout.root), st.st_dev, st.st_ino)
+        if seen in _prepared:
+            return root
         os.fchmod(root, NODE_DIR_MODE)
         for path in ctx.layout.node_dirs():
             mode = SHARED_DIR_MODE if path == ctx.layout.shared else NODE_DIR_MODE
             os.close(ensure_dir(root, path.name, mode))
+        _prepared.add(seen)
     except BaseException:
         os.close(root)
         raise
