@@ -1,7 +1,10 @@
 """The agent's side of the supervisor: start it when none answers, spawn, wait, status, forget.
 
 Owns: finding or starting the node root's supervisor (one at a time: a start lock), one
-connection per request, and turning replies into values (``Spawned`` / ``LaunchFailed``,
+shared connection for the short requests (spawn, status, list, forget: one at a time on it,
+checked alive before each use, closed after ``SHARED_IDLE`` unused so an idle supervisor can
+still exit) and one connection per ``wait`` (it blocks until the exit), and turning replies
+into values (``Spawned`` / ``LaunchFailed``,
 ``Running`` / ``Exited`` / ``Lost``). Must not: open a task's files (the caller passes
 descriptors it opened and still owns), kill anything (``ProcessRunner.kill`` signals the
 process group and cgroup as before), or ever turn a supervisor it cannot reach into a success.
@@ -10,7 +13,11 @@ Hand-written over raw non-blocking sockets because ``asyncio``'s streams cannot 
 ``SCM_RIGHTS``. A connection that drops before the greeting was never served: retried. One that
 drops during ``wait`` is re-attached (a dead supervisor's attempts then read ``Lost``). One that
 drops after a ``spawn`` was sent raises ``SpawnUncertain``: the task may be running, so the
-caller must sweep its cgroup and process group rather than spawn it twice.
+caller must sweep its cgroup and process group rather than spawn it twice. The shared
+connection is probed (a non-blocking peek) before a request: one the supervisor closed meanwhile
+(its idle exit) is replaced before anything is sent, so reuse adds no uncertain spawn; an
+exchange that fails or is cancelled closes it (a late reply must never answer the next request).
+Reusing it saves a connect, the greeting and a close per request (bench/bench_service.py).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import socket
 import struct
 import subprocess
 import sys
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +56,7 @@ _BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
          "from agent.supervisor.server import main; sys.exit(main(sys.argv[1:]))")
 _UCRED = struct.Struct("3i")
 _CONNECT_TRIES = 5
+SHARED_IDLE = 1.0        # seconds before an unused shared connection is closed
 
 
 class SupervisorError(RunnerError):
@@ -121,8 +130,12 @@ class SupervisorClient:
         self.python = python
         self.start_timeout = start_timeout
         self._dir_fd: int | None = None
+        self._shared: _Channel | None = None
+        self._shared_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._shared_timer: asyncio.TimerHandle | None = None
 
     def close(self) -> None:
+        self._close_shared()
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
@@ -146,13 +159,10 @@ class SupervisorClient:
                    "uid": request.uid, "gid": request.gid,
                    "groups": None if request.groups is None else list(request.groups), "fds": names,
                    "umask": _own_umask() if request.umask is None else request.umask}
-        channel, _ = await self._connect()
         try:
-            reply = await channel.request(message, fds)
+            reply = await self._on_shared(message, fds)
         except _Dropped as exc:
             raise SpawnUncertain(f"the supervisor went away while spawning attempt {request.attempt}") from exc
-        finally:
-            channel.close()
         if reply.get("ok"):
             return Spawned(int(reply["pid"]))
         if reply.get("error") == "launch":
@@ -199,14 +209,50 @@ class SupervisorClient:
 
     async def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         for _ in range(_CONNECT_TRIES):
-            channel, _pid = await self._connect()
             try:
-                return await channel.request(message)
+                return await self._on_shared(message)
             except _Dropped:
                 continue
-            finally:
-                channel.close()
         raise SupervisorError(f"the supervisor kept dropping {message.get('op')}")
+
+    async def _on_shared(self, message: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
+        """One request on the shared connection (module docstring), opened if none is alive."""
+        loop = asyncio.get_running_loop()
+        if self._shared_lock is None or self._shared_lock[0] is not loop:
+            self._close_shared()
+            self._shared_lock = (loop, asyncio.Lock())
+        async with self._shared_lock[1]:
+            if self._shared_timer is not None:
+                self._shared_timer.cancel()
+                self._shared_timer = None
+            channel = self._shared
+            if channel is not None and not channel.alive():
+                self._close_shared()
+                channel = None
+            if channel is None:
+                channel, _pid = await self._connect()
+                self._shared = channel
+            try:
+                reply = await channel.request(message, fds)
+            except BaseException:
+                self._close_shared()
+                raise
+            self._shared_timer = loop.call_later(min(SHARED_IDLE, self.idle / 2), _close_idle, weakref.ref(self))
+            return reply
+
+    def close_idle(self) -> None:
+        self._shared_timer = None
+        if self._shared_lock is not None and self._shared_lock[1].locked():
+            return                  # in use: its request re-arms the timer
+        self._close_shared()
+
+    def _close_shared(self) -> None:
+        if self._shared_timer is not None:
+            self._shared_timer.cancel()
+            self._shared_timer = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     @staticmethod
     def _state(reply: dict[str, Any]) -> Running | Exited | Lost:
@@ -301,7 +347,7 @@ class SupervisorClient:
 
 
 class _Channel:
-    """One connection: strictly one request, then its reply."""
+    """One connection: one request at a time, then its reply."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -309,6 +355,23 @@ class _Channel:
 
     def close(self) -> None:
         self.sock.close()
+
+    def __del__(self) -> None:
+        # The shared channel may outlive the event loop it was used on (a client never closed,
+        # or a loop ended before its idle timer): closing it on collection is its end, not a leak.
+        self.sock.close()
+
+    def alive(self) -> bool:
+        """Still open with nothing unread (no request is outstanding on a channel at rest)."""
+        if self.buf:
+            return False
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True             # open, nothing to read
+        except OSError:
+            return False
+        return False                # end of file (the supervisor closed it), or stray bytes
 
     async def request(self, message: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
         data = encode(message)
@@ -347,6 +410,13 @@ class _Channel:
             return decode(line)
         except ProtocolError as exc:
             raise SupervisorError(f"the supervisor's reply is not valid: {exc}") from exc
+
+
+def _close_idle(client: weakref.ref[SupervisorClient]) -> None:
+    # By weak reference: the timer must not keep a dropped client (and its socket) alive.
+    found = client()
+    if found is not None:
+        found.close_idle()
 
 
 def _own_umask() -> int:
