@@ -27,13 +27,30 @@ CGROUP_PARENT = "batch-agent"
 
 
 def find_hierarchy(root: Path) -> Path | None:
-    """The cgroup hierarchy to track processes in: v2 at ``root``, else v1 freezer, else v1 pids."""
+    """The cgroup hierarchy to track processes in: v2 at ``root``, else v1 freezer, else v1 pids;
+    None when none is found or the one found cannot be written (``writable``)."""
+    found: Path | None = None
     if (root / "cgroup.controllers").is_file():
-        return root
-    for controller in ("freezer", "pids"):
-        if (root / controller / "cgroup.procs").is_file():
-            return root / controller
-    return None
+        found = root
+    else:
+        for controller in ("freezer", "pids"):
+            if (root / controller / "cgroup.procs").is_file():
+                found = root / controller
+                break
+    return found if found is not None and writable(found) else None
+
+
+def writable(hierarchy: Path) -> bool:
+    """Whether attempt cgroups can be made under ``hierarchy``. A container's /sys/fs/cgroup is
+    mounted read-only by default (Docker without ``--cgroupns=private`` + rw, or a cgroup
+    delegation): there every task would fail to start, so such a hierarchy counts as none and
+    the runner falls back to the token sweep (``agent.process``)."""
+    try:
+        if os.statvfs(hierarchy).f_flag & os.ST_RDONLY:
+            return False
+    except OSError:
+        return False
+    return os.access(hierarchy, os.W_OK)
 
 
 def new_cgroup(hierarchy: Path, name: str, fds: list[int]) -> Path:

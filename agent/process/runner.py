@@ -59,6 +59,7 @@ from agent.supervisor.client import (
 
 UNKNOWN_EXIT_CODE = -1          # a status nobody kept (see the package docstring)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_NO_CGROUP_LOGGED: set[Path] = set()      # a cgroup root without a usable hierarchy, logged once
 
 
 class ProcessRunner:
@@ -78,6 +79,12 @@ class ProcessRunner:
                  sweep_by_marker: bool = True, sweep_timeout: float = 10.0,
                  node_root: Path | None = None, supervisor: SupervisorClient | None = None) -> None:
         self.hierarchy = find_hierarchy(cgroup_root) if use_cgroups and os.geteuid() == 0 else None
+        if use_cgroups and os.geteuid() == 0 and self.hierarchy is None and cgroup_root not in _NO_CGROUP_LOGGED:
+            _NO_CGROUP_LOGGED.add(cgroup_root)
+            get_logger(component="process").warning(
+                "no writable cgroup hierarchy: tasks are tracked by their token only", cgroup_root=str(cgroup_root),
+                fix="mount the cgroup filesystem read-write (e.g. a container with --cgroupns=private) to give "
+                    "each attempt its own cgroup")
         self.sweep_by_marker = sweep_by_marker
         self.sweep_timeout = sweep_timeout
         self.supervisor = supervisor if supervisor is not None else \
