@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -189,6 +190,17 @@ def serving(label: str, tmp: Path, **kwargs: Any) -> Iterator[ApiServer]:
             yield api
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def run_client(python: Path, source: str, api: ApiServer, tmp: Path, timeout: float = 300) -> dict[str, Any]:
+    """Run a client script (argv: url, account, key) in a client's venv; its last line is JSON."""
+    script = tmp / "client.py"
+    script.write_text(source)
+    proc = subprocess.run([str(python), str(script), api.url, ACCOUNT, KEY_B64], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def sh(script: str) -> str:

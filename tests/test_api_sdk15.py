@@ -6,15 +6,12 @@ release status, and the terminate / delete pollers."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from api_kit import ApiServer, serving
-from clients import ACCOUNT, CLIENTS_TIMEOUT_S, KEY_B64, Clients, ensure_clients
+from api_kit import ApiServer, run_client, serving
+from clients import CLIENTS_TIMEOUT_S, Clients, ensure_clients
 
 pytestmark = pytest.mark.timeout(CLIENTS_TIMEOUT_S + 120)
 
@@ -106,16 +103,6 @@ def clients() -> Clients:
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     with serving("api-sdk15", tmp_path_factory.mktemp("api-sdk15"), page_cap=50) as server:
         yield server
-
-
-def run_client(python: Path, source: str, api: ApiServer, tmp: Path) -> dict[str, Any]:
-    script = tmp / "client.py"
-    script.write_text(source)
-    proc = subprocess.run([str(python), str(script), api.url, ACCOUNT, KEY_B64], capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
 
 
 def test_sdk15_end_to_end(clients: Clients, api: ApiServer, tmp_path: Path) -> None:
