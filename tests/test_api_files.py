@@ -90,7 +90,8 @@ def test_get_ranges_and_head(api: ApiServer) -> None:
     assert head.status_code == 200 and head.content == b""
     raw = [v for k, v in head.headers.multi_items() if k.lower() == "content-length"]
     assert raw == ["11"]
-    assert head.headers["ocp-batch-file-isdirectory"] == "false" and head.headers["ocp-batch-file-mode"].startswith("100")
+    assert head.headers["ocp-batch-file-isdirectory"] == "false"
+    assert head.headers["ocp-batch-file-mode"].startswith("100")
     assert head.headers["ocp-batch-file-url"].endswith("/files/wd/sub/deeper/ten.txt")
     assert head.headers["ocp-creation-time"].endswith("GMT") and head.headers["Last-Modified"].endswith("GMT")
     d = api.call("HEAD", "/jobs/fj/tasks/files/files/wd/sub")

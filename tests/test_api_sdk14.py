@@ -49,8 +49,9 @@ out["one"] = {"id": t.id, "exit": t.execution_info.exit_code, "result": t.execut
               "retention": t.constraints.retention_time.days, "tz": t.creation_time.utcoffset() is not None}
 raw = c.file.get_properties_from_task("sdk14", "One", "stdout.txt", raw=True)
 h = raw.headers
-out["props"] = {"length": h["Content-Length"], "dir": h["ocp-batch-file-isdirectory"], "mode": h["ocp-batch-file-mode"],
-                "url": h["ocp-batch-file-url"].endswith("/files/stdout.txt"), "created": h["ocp-creation-time"] is not None}
+out["props"] = {"length": h["Content-Length"], "dir": h["ocp-batch-file-isdirectory"],
+                "mode": h["ocp-batch-file-mode"], "url": h["ocp-batch-file-url"].endswith("/files/stdout.txt"),
+                "created": h["ocp-creation-time"] is not None}
 opts = m.FileGetFromTaskOptions(ocp_range="bytes=6-9")
 out["range"] = b"".join(c.file.get_from_task("sdk14", "One", "stdout.txt", file_get_from_task_options=opts)).decode()
 out["files"] = sorted(f.name for f in c.file.list_from_task("sdk14", "One", recursive=False))

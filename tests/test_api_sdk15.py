@@ -82,7 +82,8 @@ out["counts"] = [counts.task_counts.completed, counts.task_counts.failed, counts
 status = list(c.list_job_preparation_and_release_task_status("sdk15"))
 out["prep"] = [s.job_preparation_task_execution_info.exit_code for s in status]
 # 15.1 cannot send the optional body empty (its serializer raises) and keeps its model private
-c.begin_terminate_job("sdk15", m._models.BatchJobTerminateOptions(termination_reason="sdk-done"), polling_interval=0).result()
+reason = m._models.BatchJobTerminateOptions(termination_reason="sdk-done")
+c.begin_terminate_job("sdk15", reason, polling_interval=0).result()
 job = c.get_job("sdk15")
 out["job"] = [job.state, job.execution_info.termination_reason]
 c.begin_delete_job("sdk15", polling_interval=0).result()

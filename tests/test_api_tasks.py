@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(120)
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     with serving("api-tasks", tmp_path_factory.mktemp("api-tasks"), page_cap=4) as server:
         for job_id in ("tj", "other"):
-            assert server.call("POST", "/jobs", json_body={"id": job_id, "poolInfo": {"poolId": "p"}}).status_code == 201
+            made = server.call("POST", "/jobs", json_body={"id": job_id, "poolInfo": {"poolId": "p"}})
+            assert made.status_code == 201
         yield server
 
 
