@@ -158,3 +158,19 @@ def test_task_token_scope_and_liveness(api: ApiServer) -> None:
     token = api.call("GET", "/jobs/tj/tasks/tok/files/wd/token.txt").text
     ended = api.call("GET", "/jobs/tj/tasks/child", token=token)
     assert error(ended)[:2] == (403, "AuthenticationFailed")
+
+
+def test_paging_tokens_and_body_limit(api: ApiServer) -> None:
+    api.call("POST", "/jobs", json_body={"id": "pg", "poolInfo": {"poolId": "p"}})
+    api.call("POST", "/jobs/pg/disable", json_body={"disableTasks": "wait"})      # nothing runs
+    api.call("POST", "/jobs/pg/addtaskcollection",
+             json_body={"value": [{"id": f"p{i}", "commandLine": "x"} for i in range(6)]})
+    first = api.call("GET", "/jobs/pg/tasks", params={"$select": "id"}).json()
+    assert [t["id"] for t in first["value"]] == ["p0", "p1", "p2", "p3"]
+    api.call("POST", "/jobs/pg/tasks", json_body={"id": "added-later", "commandLine": "x"})
+    rest = api.call("GET", "", url=first["odata.nextLink"]).json()
+    assert [t["id"] for t in rest["value"]] == ["p4", "p5", "added-later"] and "odata.nextLink" not in rest
+    bad = api.call("GET", "/jobs/pg/tasks", params={"$skiptoken": "bm90LWEtdG9rZW4"})
+    assert error(bad)[:2] == (400, "InvalidQueryParameterValue") and error(bad)[2]["QueryParameterName"] == "$skiptoken"
+    big = {"value": [{"id": f"b{i}", "commandLine": "x" * 20_000} for i in range(60)]}      # ~1.2 MB
+    assert error(api.call("POST", "/jobs/pg/addtaskcollection", json_body=big))[:2] == (413, "RequestBodyTooLarge")

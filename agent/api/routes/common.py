@@ -17,7 +17,7 @@ Must not: log a body, a header or a reason that quotes a property value.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -27,15 +27,17 @@ from starlette.responses import Response
 
 from agent.api.app import empty_response
 from agent.api.bodies import read_json
-from agent.api.errors import CODES, BatchApiError, from_spec_error
+from agent.api.errors import CODES, BatchApiError, from_spec_error, query_error
 from agent.api.formats import parse_http_date
-from agent.api.odata import ListQuery
+from agent.api.odata import Expr, ListQuery, project
 from agent.api.odata import Page as OdataPage
 from agent.errors import ServiceError, SpecError
 from agent.service import NodeService
-from agent.store import JobNotFound, JobRecord, Store, StoreThread, TaskNotFound, TaskRecord
+from agent.store import BadToken, JobNotFound, JobRecord, Page, Store, StoreThread, TaskNotFound, TaskRecord
 
 T = TypeVar("T")
+R = TypeVar("R", JobRecord, TaskRecord)
+Fetch = Callable[[Store, int, "str | None", "Callable[[R], bool] | None"], Page[R]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -153,21 +155,33 @@ def if_match(request: Request) -> str | None:
     return value.removeprefix("W/").strip('"')
 
 
-def paged(request: Request, query: ListQuery, records: Iterable[JobRecord | TaskRecord],
-          render: Callable[[Any], dict[str, Any]]) -> OdataPage:
-    """One page of ``records`` (rendered, filtered, projected) in creation order, with its nextLink.
+async def paged(request: Request, query: ListQuery, fetch: Fetch[R], render: Callable[[R], dict[str, Any]],
+                job_id: str = "") -> OdataPage:
+    """One page from the store, in creation order: the filter runs in the store's walk (on the
+    rendered item, before ``maxresults`` counts), ``$skiptoken`` carries the store's own
+    continuation token, and each item is projected by ``$select`` (no per-item odata.metadata).
 
-    Each item's ``odata.metadata`` is dropped (a list carries one for the whole page)."""
-    def items() -> Iterator[dict[str, Any]]:
-        for record in sorted(records, key=lambda r: r.seq):
-            item = render(record)
-            item.pop("odata.metadata", None)
-            item[_SEQ] = f"{record.seq:016d}"
-            yield item
-    page = query.page(items(), key=lambda i: str(i[_SEQ]), cap=request.state.api_settings.page_cap)
-    for item in page.items:
-        item.pop(_SEQ, None)
-    return page
+    ``fetch(store, size, token, match)`` is the store call (``list_jobs`` / ``list_tasks``)."""
+    size = max(1, min(query.maxresults, request.state.api_settings.page_cap))
+    expr = query.filter
+    match = None if expr is None else _matcher(expr, render)
+    after = query.after
+
+    def call(s: Store) -> Page[R]:
+        return fetch(s, size, after, match)
+    try:
+        page = await store_call(request, call, job_id)
+    except BadToken:
+        raise query_error("$skiptoken", after or "", "not a token this server issued") from None
+    items = []
+    for record in page.items:
+        item = render(record)
+        item.pop("odata.metadata", None)
+        items.append(project(item, query.select))
+    return OdataPage(items, query.next_link(page.next_token) if page.next_token else None)
 
 
-_SEQ = "\x00seq"
+def _matcher(expr: Expr, render: Callable[[R], dict[str, Any]]) -> Callable[[R], bool]:
+    def match(record: R) -> bool:
+        return expr.matches(render(record))
+    return match

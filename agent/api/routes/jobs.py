@@ -8,6 +8,7 @@ PATCH / counts / prep-release status, 202 delete / disable / enable / terminate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -28,8 +29,7 @@ from agent.api.routes.common import (
     store_call,
 )
 from agent.api.routes.render import JOB_OWNED, job_headers, job_json
-from agent.service.core import jobs_page
-from agent.store import JobRecord, Page, StateCounts
+from agent.store import JobRecord, Page, StateCounts, Store
 
 _TIME = filterable("datetime")
 _STRING = filterable("string", "eq", "ne", "gt", "ge", "lt", "le", "startswith")
@@ -41,6 +41,10 @@ PREP_FILTERS = {"poolId": filterable("string", "eq", "ne"), "nodeId": filterable
                    for name, spec in (("state", filterable("string", "eq", "ne")),
                                       ("result", filterable("string", "eq", "ne")),
                                       ("startTime", _TIME), ("endTime", _TIME), ("exitCode", filterable("int")))}}
+
+
+def _jobs_page(s: Store, size: int, token: str | None, match: Callable[[JobRecord], bool] | None) -> Page[JobRecord]:
+    return s.list_jobs(max_results=size, token=token, match=match)
 
 
 async def _reply_job(request: Request, job_id: str, status: int) -> Response:
@@ -60,15 +64,8 @@ async def add_job(request: Request) -> Response:
 @endpoint
 async def list_jobs(request: Request) -> Response:
     query = parse_list_query(request_url(request), request.query_params, filters=JOB_FILTERS)
-    records: list[JobRecord] = []
-    token: str | None = None
-    while True:
-        page: Page[JobRecord] = await context(request).store.run(jobs_page(token))
-        records.extend(page.items)
-        token = page.next_token
-        if token is None:
-            break
-    out = paged(request, query, records, lambda r: job_json(r, base_url(request)))
+    base = base_url(request)
+    out = await paged(request, query, _jobs_page, lambda r: job_json(r, base))
     return json_response(out.body(metadata_url(request, "jobs")))
 
 

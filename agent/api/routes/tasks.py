@@ -10,6 +10,7 @@ a node runs no multi-instance subtasks). Must not: log a body (it carries SAS UR
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -28,11 +29,9 @@ from agent.api.routes.common import (
     json_object,
     paged,
     service_error,
-    store_call,
 )
 from agent.api.routes.render import task_headers, task_json, task_url
-from agent.service.core import tasks_page
-from agent.store import Page, TaskRecord
+from agent.store import Page, Store, TaskRecord
 
 _TIME = filterable("datetime")
 TASK_FILTERS = {
@@ -82,14 +81,6 @@ async def add_collection(request: Request) -> Response:
 async def list_tasks(request: Request) -> Response:
     job_id = request.path_params["jobId"]
     query = parse_list_query(request_url(request), request.query_params, filters=TASK_FILTERS)
-    records: list[TaskRecord] = []
-    token: str | None = None
-    while True:
-        page: Page[TaskRecord] = await store_call(request, tasks_page(job_id, token), job_id)
-        records.extend(page.items)
-        token = page.next_token
-        if token is None:
-            break
     base = base_url(request)
 
     def render(r: TaskRecord) -> dict[str, Any]:
@@ -97,7 +88,10 @@ async def list_tasks(request: Request) -> Response:
         if query.filter is not None:          # the name the filter docs use for lastModified
             item["lastModifiedTime"] = item["lastModified"]
         return item
-    out = paged(request, query, records, render)
+
+    def fetch(s: Store, size: int, token: str | None, match: Callable[[TaskRecord], bool] | None) -> Page[TaskRecord]:
+        return s.list_tasks(job_id, max_results=size, token=token, match=match)
+    out = await paged(request, query, fetch, render, job_id)
     if query.filter is not None and (query.select is None or "lastModifiedTime" not in query.select):
         for item in out.items:
             item.pop("lastModifiedTime", None)
