@@ -352,14 +352,13 @@ class _Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
+        # The shared channel may outlive the loop it was used on (a client never closed, or a
+        # loop ended before its idle timer): it is closed when the channel is collected, before
+        # the socket could be (the finalizer holds the socket), so that is its end, not a leak.
+        self._closer = weakref.finalize(self, sock.close)
 
     def close(self) -> None:
-        self.sock.close()
-
-    def __del__(self) -> None:
-        # The shared channel may outlive the event loop it was used on (a client never closed,
-        # or a loop ended before its idle timer): closing it on collection is its end, not a leak.
-        self.sock.close()
+        self._closer()
 
     def alive(self) -> bool:
         """Still open with nothing unread (no request is outstanding on a channel at rest)."""
