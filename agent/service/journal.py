@@ -3,6 +3,7 @@
 Owns: turning each phase of a task, job preparation, job release or start task into one store
 transaction. A task: ``starting`` -> executionInfo of the attempt (state running); ``started`` ->
 ``TaskChanges(state="running", attempt=Attempt(...))``, the run handle in the same transaction;
+``killing`` -> the open attempt marked as being killed by the agent (before the kill);
 ``retrying`` -> retryCount / lastRetryTime and the attempt ended, one transaction; ``finished``
 -> completed (or requeued) and the attempt ended, one transaction, then the service's
 ``after_task`` hook (job actions, retention). Three writes per one-attempt task: running,
@@ -47,6 +48,7 @@ from agent.store import (
 from agent.taskrunner import special_task_info
 
 BOOT_KEY = "x-agent-bootId"
+KILL_KEY = "x-agent-killing"        # in an attempt's handle: the agent was killing it, and why
 LIVE = Expect(states=T_LIVE)
 STARTABLE = Expect(states=frozenset({T_ACTIVE, *T_LIVE}))
 ATTEMPT_KIND = {JOB_PREPARATION: "jobpreparation", JOB_RELEASE: "jobrelease", START: "starttask"}
@@ -168,6 +170,18 @@ class StoreJournal:
             await self._task(request.job_id, request.task_id, TaskChanges(state=T_RUNNING, attempt=attempt))
         else:
             await self.core.call(lambda s: s.save_attempt(attempt))
+
+    async def killing(self, kind: str, job_id: str, task_id: str, why: str) -> None:
+        """The agent is about to kill the attempt (terminate, wall clock): recorded in its open
+        attempt, one transaction, before the first signal, so a restarted agent ends it as
+        killed by the agent (``recovery``: ``TaskRunner.resume(killed=why)``)."""
+        k, j, t = self._owner(kind, job_id, task_id)
+        owner = (k, j.casefold(), t.casefold())
+        attempt = self._attempts.get(owner)
+        if attempt is None:
+            return
+        marked = self._attempts[owner] = replace(attempt, handle={**attempt.handle, KILL_KEY: why})
+        await self.core.call(lambda s: s.save_attempt(marked))
 
     async def retrying(self, request: AttemptRetrying) -> None:
         if attempt_kind(request.kind) != "task":

@@ -2,9 +2,11 @@
 
 Owns the rules (issue 8, "Restart safety"):
 - an open task attempt: its task completed already -> the attempt is just ended; else
-  ``TaskRunner.resume`` from the persisted handle (the runner's ``recover`` says whether its
-  real exit result can still be had): resumed attempts finish as if never interrupted; a lost
-  one (``recover`` False, or a runner without ``recover``: it kills what is left) is requeued:
+  ``TaskRunner.resume`` from the persisted handle (an attempt the agent was killing, marked
+  by ``StoreJournal.killing``, has its kill finished and ends as killed by the agent; the
+  runner's ``recover`` says whether its real exit result can still be had): resumed attempts
+  finish as if never interrupted; a lost one (``recover`` False, or a runner without
+  ``recover``: it kills what is left) is requeued:
   back to ``active``, ``requeueCount + 1``, ``lastRequeueTime`` (not a retry); the next attempt
   starts clean (the task dir hook empties ``wd``; downloads were temp files);
 - a task found ``preparing`` / ``running`` without an open attempt (the agent died before its
@@ -20,12 +22,13 @@ from agent.lifecycle import JOB_MANAGER, TASK
 from agent.runner import RunHandle
 from agent.service import jobs
 from agent.service.core import Core, Running, end_attempt, get_job, key, tasks_page
-from agent.service.journal import StoreJournal, requeue_task
+from agent.service.journal import KILL_KEY, StoreJournal, requeue_task
 from agent.service.prep_release import PrepRelease
 from agent.service.scheduler import Scheduler
 from agent.service.start_task import StartTaskGate
 from agent.spec import JobManagerTask, JobSpec
 from agent.store import Attempt, JobNotFound, Store, TaskNotFound, TaskRecord
+from agent.taskrunner import KILL_USER, KILL_WALL_CLOCK
 
 
 async def recover(core: Core, scheduler: Scheduler, prep: PrepRelease, gate: StartTaskGate,
@@ -93,9 +96,11 @@ async def _resume(core: Core, journal: StoreJournal, task: TaskRecord, spec: Job
     try:
         body = jobs.task_spec(task)
         kind = JOB_MANAGER if isinstance(body, JobManagerTask) else TASK
+        killing = attempt.handle.get(KILL_KEY)
         outcome = await core.runner.resume(body, job_id=task.job_id, job=spec, kind=kind, task_id=task.id,
                                            handle=RunHandle.from_json(attempt.handle), info=task.execution_info,
-                                           journal=journal)
+                                           journal=journal,
+                                           killed=killing if killing in (KILL_USER, KILL_WALL_CLOCK) else None)
         if outcome is None:
             await core.call(lambda s: s.end_attempt(attempt, attempt.started))
             await requeue_task(core, task.job_id, task.id)

@@ -31,9 +31,10 @@ the concrete runners and hooks and hands them in. Units: ``runner`` (``TaskRunne
 """
 
 from agent.lifecycle import Limits, TaskOutcome
-from agent.taskrunner.helpers import ended_by_user, limits_for, split_command
+from agent.taskrunner.helpers import KILL_USER, KILL_WALL_CLOCK, ended_by_user, limits_for, split_command
 from agent.taskrunner.jobrun import JobOutcome, run_job_task, special_task_info
 from agent.taskrunner.runner import LOST, HandleSink, TaskRunner, TokenSource, UserResolver
 
-__all__ = ["LOST", "HandleSink", "JobOutcome", "Limits", "TaskOutcome", "TaskRunner", "TokenSource", "UserResolver",
+__all__ = ["KILL_USER", "KILL_WALL_CLOCK",
+           "LOST", "HandleSink", "JobOutcome", "Limits", "TaskOutcome", "TaskRunner", "TokenSource", "UserResolver",
            "ended_by_user", "limits_for", "run_job_task", "special_task_info", "split_command"]

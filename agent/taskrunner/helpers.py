@@ -27,6 +27,8 @@ from agent.status import (
 )
 
 StartedSink = Callable[[RunHandle], Awaitable[None]]
+KillSink = Callable[[str], Awaitable[None]]
+KILL_USER, KILL_WALL_CLOCK = "user", "wallclock"      # why the agent kills an attempt (``KillSink``)
 T = TypeVar("T")
 
 
@@ -66,6 +68,19 @@ def started_sink(journal: Journal | None, kind: str, job_id: str, task_id: str, 
 
     async def sink(handle: RunHandle) -> None:
         await journal.started(AttemptStarted(kind, job_id, task_id, attempt, handle, info))
+    return sink
+
+
+def kill_sink(journal: Journal | None, kind: str, job_id: str, task_id: str) -> KillSink | None:
+    """Where a kill is recorded before it is sent (``journal.killing(kind, job_id, task_id,
+    why)``, a journal that has it: the service's), so a restart mid-kill still ends the attempt
+    as killed by the agent (TaskEnded / the user's terminate), not as a plain failure."""
+    killing = getattr(journal, "killing", None)
+    if killing is None:
+        return None
+
+    async def sink(why: str) -> None:
+        await killing(kind, job_id, task_id, why)
     return sink
 
 

@@ -40,8 +40,12 @@ from agent.status import (
     utcnow,
 )
 from agent.taskrunner.helpers import (
+    KILL_USER,
+    KILL_WALL_CLOCK,
+    KillSink,
     StartedSink,
     ended_by_user,
+    kill_sink,
     limits_for,
     loop_deadline,
     split_command,
@@ -119,18 +123,23 @@ class TaskRunner:
 
     async def resume(self, spec: TaskBase, *, job_id: str, handle: RunHandle, info: ExecutionInfo,
                      job: JobSpec | None = None, kind: str = TASK, task_id: str | None = None,
-                     journal: Journal | None = None) -> TaskOutcome | None:
+                     journal: Journal | None = None, killed: str | None = None) -> TaskOutcome | None:
         """Continue the attempt whose command ``handle`` started before an agent restart.
+
+        ``killed``: the agent had recorded that it was killing the attempt (``KILL_USER`` /
+        ``KILL_WALL_CLOCK``, see ``kill_sink``): the kill is finished and the attempt ends as
+        killed by the agent, whatever its command's exit.
 
         ``runner.recover(handle)`` says whether ``wait`` will give the real exit result; if so the
         attempt goes on as if never interrupted: wait under what is left of the wall clock (from
         ``info.start_time``), exited hooks (uploads overwrite), decision, retry or finish. None:
         the command is lost (nothing of it is left running: a runner without ``recover`` kills
         it), and the caller requeues the task."""
-        return await self._drive(spec, job_id, job, kind, task_id, journal, info, handle)
+        return await self._drive(spec, job_id, job, kind, task_id, journal, info, handle, killed)
 
     async def _drive(self, spec: TaskBase, job_id: str, job: JobSpec | None, kind: str, task_id: str | None,
-                     journal: Journal | None, info: ExecutionInfo, resume: RunHandle | None) -> TaskOutcome | None:
+                     journal: Journal | None, info: ExecutionInfo, resume: RunHandle | None,
+                     killed: str | None = None) -> TaskOutcome | None:
         task_id = task_id or getattr(spec, "id", None) or kind
         dirs = self.dirs_for(kind, job_id, task_id)
         limits = limits_for(spec, job)
@@ -139,11 +148,13 @@ class TaskRunner:
         ran = resume is not None
         attempt = info.retry_count
         result: ExitResult | None = None
+        record_kill = kill_sink(journal, kind, job_id, task_id)
         try:
             while True:
                 if resume is not None:
                     resumed = await self._resume_attempt(spec, job, kind, job_id, task_id, attempt, dirs, limits,
-                                                         log.bind(attempt=attempt), stop, resume, info)
+                                                         log.bind(attempt=attempt), stop, resume, info,
+                                                         record_kill, killed)
                     resume = None
                     if resumed == LOST:
                         return None
@@ -156,7 +167,7 @@ class TaskRunner:
                         await journal.starting(AttemptStarting(kind, job_id, task_id, attempt, info))
                     started = started_sink(journal, kind, job_id, task_id, attempt, info)
                     result, failure = await self._attempt(spec, job, kind, job_id, task_id, attempt, dirs, limits,
-                                                          log.bind(attempt=attempt), stop, started)
+                                                          log.bind(attempt=attempt), stop, started, record_kill)
                 if result is not None and result.lost:
                     log.info("attempt lost by the runner")
                     return None
@@ -227,7 +238,7 @@ class TaskRunner:
 
     async def _attempt(self, spec: TaskBase, job: JobSpec | None, kind: str, job_id: str, task_id: str,
                        attempt: int, dirs: TaskDirs, limits: Limits, log: Any,
-                       stop: asyncio.Event, started: StartedSink | None = None,
+                       stop: asyncio.Event, started: StartedSink | None = None, record_kill: KillSink | None = None,
                        ) -> tuple[ExitResult | None, FailureInfo | None]:
         started_at = time.monotonic()
         deadline = started_at + limits.wall_clock.total_seconds() if limits.wall_clock else None
@@ -237,12 +248,13 @@ class TaskRunner:
         if isinstance(ctx, FailureInfo):
             return None, ctx
         async with ctx.cleanup:
-            return await self._run_attempt(ctx, deadline, stop, log, self._wall_clock_failure(limits), started)
+            return await self._run_attempt(ctx, deadline, stop, log, self._wall_clock_failure(limits), started,
+                                           record_kill)
 
     async def _resume_attempt(self, spec: TaskBase, job: JobSpec | None, kind: str, job_id: str, task_id: str,
                               attempt: int, dirs: TaskDirs, limits: Limits, log: Any, stop: asyncio.Event,
-                              handle: RunHandle, info: ExecutionInfo,
-                              ) -> tuple[ExitResult | None, FailureInfo | None] | str:
+                              handle: RunHandle, info: ExecutionInfo, record_kill: KillSink | None = None,
+                              killed: str | None = None) -> tuple[ExitResult | None, FailureInfo | None] | str:
         runner = self.runners.get(handle.kind)
         if runner is None:
             return LOST
@@ -267,11 +279,11 @@ class TaskRunner:
         log.info("re-attached to the running attempt", runner=handle.kind)
         async with ctx.cleanup:
             return await self._finish_attempt(ctx, runner, handle, deadline, stop, log,
-                                              self._wall_clock_failure(limits))
+                                              self._wall_clock_failure(limits), record_kill, killed)
 
     async def _run_attempt(self, ctx: TaskContext, deadline: float | None, stop: asyncio.Event, log: Any,
                            wall_clock_failure: FailureInfo, started_sink: StartedSink | None = None,
-                           ) -> tuple[ExitResult | None, FailureInfo | None]:
+                           record_kill: KillSink | None = None) -> tuple[ExitResult | None, FailureInfo | None]:
         job_id, task_id, attempt, dirs, user = ctx.job_id, ctx.task_id, ctx.attempt, ctx.dirs, ctx.user
         try:
             async with asyncio.timeout_at(loop_deadline(deadline)):
@@ -298,18 +310,23 @@ class TaskRunner:
             await asyncio.shield(started_sink(started))     # durable before anything waits on it
         if self.on_handle:
             self.on_handle(job_id, task_id, started)
-        return await self._finish_attempt(ctx, runner, started, deadline, stop, log, wall_clock_failure)
+        return await self._finish_attempt(ctx, runner, started, deadline, stop, log, wall_clock_failure, record_kill)
 
     async def _finish_attempt(self, ctx: TaskContext, runner: Runner, started: RunHandle, deadline: float | None,
                               stop: asyncio.Event, log: Any, wall_clock_failure: FailureInfo,
+                              record_kill: KillSink | None = None, killed: str | None = None,
                               ) -> tuple[ExitResult | None, FailureInfo | None]:
         ended_by: FailureInfo | None = None
         stopping_agent = False
         try:
-            result = await self._wait(runner, started, deadline, stop)
+            result = None if killed is not None else await self._wait(runner, started, deadline, stop)
             if result is None:
-                ended_by = wall_clock_failure if not stop.is_set() else ended_by_user()
+                why = killed or (KILL_USER if stop.is_set() else KILL_WALL_CLOCK)
+                ended_by = ended_by_user() if why == KILL_USER else wall_clock_failure
                 stop.clear()        # that stop is served by the kill; a new one cancels the upload
+                if record_kill is not None and killed is None:
+                    # Durable before the first signal: a restart mid-kill finishes this kill.
+                    await asyncio.shield(record_kill(why))
                 await runner.kill(started, self.config.tasks.kill_grace)
                 result = replace(await runner.wait(started), killed_by_agent=True)
         except asyncio.CancelledError:
