@@ -33,7 +33,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, vault: Path) -> Iterator[ApiSe
         server.call("POST", "/jobs", json_body={"id": "fj", "poolInfo": {"poolId": "p"}})
         script = (f"ln -s {vault}/shadow x; ln -s {vault} vlink; ln -s / rootlink; mkfifo pipe; "
                   "mkdir -p sub/deeper; echo 0123456789 > sub/deeper/ten.txt; echo hi > sub/hi.txt; "
-                  "echo abcdefghij; echo err >&2")
+                  "head -c 6000000 /dev/urandom > big; sha256sum big > big.sum; echo abcdefghij; echo err >&2")
         server.call("POST", "/jobs/fj/tasks", json_body={"id": "files", "commandLine": sh(script)})
         server.wait_task("fj", "files")
         yield server
@@ -96,9 +96,23 @@ def test_get_ranges_and_head(api: ApiServer) -> None:
     assert head.headers["ocp-creation-time"].endswith("GMT") and head.headers["Last-Modified"].endswith("GMT")
     d = api.call("HEAD", "/jobs/fj/tasks/files/files/wd/sub")
     assert d.status_code == 200 and d.headers["ocp-batch-file-isdirectory"] == "true"
+    since = head.headers["Last-Modified"]
+    assert api.call("GET", "/jobs/fj/tasks/files/files/wd/sub/hi.txt",
+                    headers={"If-Modified-Since": since}).status_code == 304
     assert error(api.call("GET", "/jobs/fj/tasks/files/files/wd/sub")) == (404, "FileNotFound")
     assert error(api.call("GET", "/jobs/fj/tasks/files/files/wd/none.txt")) == (404, "FileNotFound")
     assert error(api.call("GET", "/jobs/fj/tasks/nope/files")) == (404, "TaskNotFound")
+
+
+def test_large_file_streams_whole_and_ranged(api: ApiServer) -> None:
+    import hashlib
+
+    whole = api.call("GET", "/jobs/fj/tasks/files/files/wd/big")
+    assert whole.status_code == 200 and len(whole.content) == 6_000_000
+    expected = api.call("GET", "/jobs/fj/tasks/files/files/wd/big.sum").text.split()[0]
+    assert hashlib.sha256(whole.content).hexdigest() == expected
+    part = api.call("GET", "/jobs/fj/tasks/files/files/wd/big", headers={"ocp-range": "bytes=1000-5500999"})
+    assert part.content == whole.content[1000:5501000]
 
 
 def test_attack_links_fifo_and_escapes_never_read(api: ApiServer, vault: Path) -> None:

@@ -40,7 +40,7 @@ from agent.api.app import base_url, empty_response, json_response, metadata_url,
 from agent.api.errors import BatchApiError
 from agent.api.formats import format_time, http_date, make_etag
 from agent.api.odata import filterable, parse_list_query
-from agent.api.routes.common import context, endpoint, get_task
+from agent.api.routes.common import check_conditions, context, endpoint, get_task
 from agent.api.routes.render import task_url
 from agent.nodefs import DIR_FLAGS, open_beneath, open_dir, remove_entry
 from agent.store import TaskRecord
@@ -232,6 +232,10 @@ async def get_file(request: Request) -> Response:
         raise
     head = request.method == "HEAD"
     try:
+        modified = _time(st.st_mtime)
+        early = check_conditions(request, make_etag(modified), modified, read=True)
+        if early is not None:
+            return early
         if stat.S_ISDIR(st.st_mode):
             if not head:
                 raise _not_found(rel, "the path is a directory; list it with .../files?recursive=true")

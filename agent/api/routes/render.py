@@ -19,15 +19,15 @@ from typing import Any
 from urllib.parse import quote
 
 from agent.api.formats import UNLIMITED_TEXT, entity_headers, format_duration, format_time
+from agent.service.jobs import JM_MARK
 from agent.spec.durations import DurationError, parse_duration
 from agent.store import JobRecord, TaskRecord
 
-JM_MARK = "x-batch-agent-jobManager"        # agent.service.jobs.JM_MARK: a service-only marker
 DURATION_KEYS = frozenset({"maxWallClockTime", "retentionTime"})
 JOB_OWNED = frozenset({"odata.metadata", "url", "eTag", "lastModified", "creationTime", "state",
                        "stateTransitionTime", "previousState", "previousStateTransitionTime", "executionInfo",
                        "stats"})
-TASK_OWNED = JOB_OWNED | {"nodeInfo", "multiInstanceSettings/subtasks"}
+TASK_OWNED = JOB_OWNED | {"nodeInfo"}
 
 
 def seg(value: str) -> str:
