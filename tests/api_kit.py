@@ -109,6 +109,8 @@ class ApiServer:
         finally:
             if scheduler is not None:
                 scheduler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await scheduler
             await svc.aclose()
 
     def stop(self) -> None:

@@ -1,8 +1,9 @@
 """azure-batch 15.1.0 (its own venv, tests/clients.py) drives the node's API end to end: a job with
 preparation and release tasks, create_task, create_task_collection and the create_tasks helper
-(120 tasks: two requests), get_task until completed with its real exit code, list_tasks with a
-filter, terminate, delete, file properties (HEAD), a ranged download, task counts, the prep /
-release status, and the terminate / delete pollers."""
+(120 tasks: two requests, into a disabled job), the disable / enable pollers, get_task until
+completed with its real exit code, list_tasks with a filter, terminate, delete, file properties
+(HEAD), a ranged download, task counts, the prep / release status, and the terminate / delete
+pollers."""
 
 from __future__ import annotations
 
@@ -48,9 +49,18 @@ except ResourceExistsError as e:
 res = c.create_task_collection("sdk15", m.BatchTaskGroup(task_values=[
     m.BatchTaskCreateOptions(id=f"c{i}", command_line="/bin/true") for i in range(3)]))
 out["collection"] = sorted([r.task_id, r.status] for r in res.result_values)
-many = c.create_tasks("sdk15", [m.BatchTaskCreateOptions(id=f"m{i:03d}", command_line="/bin/true")
-                                for i in range(120)])
+# a disabled job holds the 120 tasks create_tasks sends in two requests (they need not run)
+c.create_job(m.BatchJobCreateOptions(id="bulk", pool_info=m.BatchPoolInfo(pool_id="p")))
+c.begin_disable_job("bulk", m.BatchJobDisableOptions(disable_tasks="wait"), polling_interval=0).result()
+out["disabled"] = c.get_job("bulk").state
+many = c.create_tasks("bulk", [m.BatchTaskCreateOptions(id=f"m{i:03d}", command_line="/bin/true")
+                               for i in range(120)])
 out["many"] = sorted({r.status for r in many.result_values}) + [len(many.result_values)]
+out["bulk"] = len(list(c.list_tasks("bulk", select=["id"])))
+c.begin_enable_job("bulk", polling_interval=0).result()
+out["enabled"] = c.get_job("bulk").state
+c.begin_terminate_job("bulk", m._models.BatchJobTerminateOptions(termination_reason="bulk"),
+                      polling_interval=0).result()
 t = wait("sdk15", "one")
 out["one"] = {"id": t.id, "exit": t.execution_info.exit_code, "result": t.execution_info.result,
               "retention": wait("sdk15", "zero").constraints.retention_time.total_seconds(),
@@ -62,8 +72,6 @@ out["props"] = {"length": props.content_length, "dir": props.is_directory, "mode
 out["range"] = b"".join(c.download_task_file("sdk15", "One", "stdout.txt", ocp_range="bytes=0-4")).decode()
 for i in range(3):
     wait("sdk15", f"c{i}")
-for i in range(120):
-    wait("sdk15", f"m{i:03d}")
 out["listed"] = sorted(t.id for t in c.list_tasks("sdk15", filter="state eq 'completed' and startswith(id, 'c')",
                                                    select=["id", "state"]))
 out["all"] = len(list(c.list_tasks("sdk15")))
@@ -116,9 +124,11 @@ def test_sdk15_end_to_end(clients: Clients, api: ApiServer, tmp_path: Path) -> N
     assert out["props"] == {"length": 14, "dir": False, "mode": "100640", "url": True, "modified": True}
     assert out["range"] == "hello"
     assert out["listed"] == ["c0", "c1", "c2"]
-    assert out["all"] == 125                     # walked over pages of 50
+    assert out["bulk"] == 120                    # walked over pages of 50
+    assert (out["disabled"], out["enabled"]) == ("disabled", "active")
+    assert out["all"] == 5
     assert out["terminated"] == "failure" and out["deleted"] == "TaskNotFound"
-    assert out["counts"] == [125, 1, 124, 125]
+    assert out["counts"] == [5, 1, 4, 5]
     assert out["prep"] == [0]
     assert out["job"] == ["completed", "sdk-done"]
     assert out["job_deleted"] == "JobNotFound"
