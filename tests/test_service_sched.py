@@ -28,13 +28,34 @@ def release(path: Path) -> None:
     os.close(fd)
 
 
+def gates(node_root: Path, names: list[str]) -> Path:
+    """One FIFO per task (a task blocks on its own): releasing one waits for that very task to
+    open it, so a task that started but had not yet opened its gate is never skipped."""
+    path = node_root.parent / f"{node_root.name}.gates"
+    path.mkdir(mode=0o755)
+    for name in names:
+        os.mkfifo(path / name, 0o666)
+        (path / name).chmod(0o666)
+    return path
+
+
+def release_started(shared: Path, gate_dir: Path, released: set[str]) -> None:
+    """Let every task that started and was not let go yet go."""
+    for started in sorted(shared.glob("started.*")):
+        name = started.name.removeprefix("started.")
+        if name not in released:
+            released.add(name)
+            release(gate_dir / name)
+
+
 async def test_slots_bound_concurrency_and_required_slots_count(node_root: Path, store_kind: str,
                                                                  tmp_path: Path) -> None:
-    gate = fifo(node_root)
+    gate = gates(node_root, ["big", *(f"t{i}" for i in range(4))])
+    released: set[str] = set()
     svc = service(node_root, make_store(store_kind, tmp_path / "state"), slots=2)
     shared = node_root / "shared"
     await svc.add_job(job("j"))
-    script = f"touch $AZ_BATCH_NODE_SHARED_DIR/started.$AZ_BATCH_TASK_ID; cat {gate} >/dev/null"
+    script = f"touch $AZ_BATCH_NODE_SHARED_DIR/started.$AZ_BATCH_TASK_ID; cat {gate}/$AZ_BATCH_TASK_ID >/dev/null"
     await svc.add_task("j", task("big", sh(script), requiredSlots=2))
     for i in range(4):
         await svc.add_task("j", task(f"t{i}", sh(script)))
@@ -45,13 +66,13 @@ async def test_slots_bound_concurrency_and_required_slots_count(node_root: Path,
         counts = await svc.core.call(lambda s: s.task_counts("j"))
         assert counts.tasks.running == 1 and counts.slots.running == 2
         assert not list(shared.glob("started.t*"))          # the 2-slot task fills the node
-        await asyncio.to_thread(release, gate)
+        await asyncio.to_thread(release_started, shared, gate, released)
         await until(lambda: _count(shared, 2), "two 1-slot tasks to start")
         counts = await svc.core.call(lambda s: s.task_counts("j"))
         assert counts.tasks.running == 2 and len(list(shared.glob("started.t*"))) == 2
-        await asyncio.to_thread(release, gate)
+        await asyncio.to_thread(release_started, shared, gate, released)
         await until(lambda: _count(shared, 4), "the other two")
-        await asyncio.to_thread(release, gate)
+        await asyncio.to_thread(release_started, shared, gate, released)
         await until(lambda: _all_completed(svc, "j", 5), "every task to complete")
     finally:
         loop.cancel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -18,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from agent.cgroups import (
+    CGROUP_PARENT,
     cgroup_pids,
     find_hierarchy,
     kill_cgroup,
@@ -222,6 +224,35 @@ class ProcessRunner:
             return False
         return True
 
+    async def sweep_task(self, job_id: str, task_id: str) -> int:
+        """Kill every attempt of this task that the supervisor still runs or keeps, and forget
+        them: recovery calls it for a task found running with no handle recorded (the agent died
+        between the spawn and the handle's write), where nothing else says where it runs. An
+        attempt is matched by its task tag (an exact digest of the ids), its tree by its cgroup
+        (named after the attempt id, which the agent chose) or its process group (the
+        supervisor's unreaped child: the pid cannot have been reused). Returns how many."""
+        if self.supervisor is None:
+            return 0
+        tag = task_tag(job_id, task_id)
+        running, exited = await self.supervisor.list()
+        found = 0
+        for attempt, pid in running.items():
+            if not _of_task(attempt, tag):
+                continue
+            found += 1
+            cgroup = self.hierarchy / CGROUP_PARENT / attempt if self.hierarchy is not None else None
+            handle = RunHandle(kind="process", pid=pid, pgid=pid, attempt_id=attempt, boot_id=boot_id(),
+                               cgroup=str(cgroup) if cgroup is not None and cgroup.is_dir() else None)
+            self._log.info("sweeping an attempt whose handle was never recorded", attempt=attempt)
+            await self._sweep(handle)
+            await self.supervisor.wait(attempt)
+            await self.cleanup(handle)
+        for attempt in exited:
+            if _of_task(attempt, tag):
+                found += 1
+                await self.supervisor.forget(attempt)
+        return found
+
     async def kill(self, handle: RunHandle, grace: float) -> None:
         self._killed.add(_pid(handle))
         send(handle, signal.SIGTERM, self._members(handle))
@@ -295,10 +326,23 @@ class ProcessRunner:
             pause = min(pause * 2, MAX_PAUSE)
 
 
+def task_tag(job_id: str, task_id: str) -> str:
+    """The exact (case-blind, as Batch ids are) identity of a task inside its attempt ids: the
+    readable part of an attempt id is lossy (unsafe characters become ``-``, ids may hold
+    ``_``), so ``sweep_task`` matches on this digest, never on the readable part."""
+    return hashlib.sha256(f"{job_id.casefold()}\0{task_id.casefold()}".encode()).hexdigest()[:20]
+
+
 def _attempt_id(request: RunRequest) -> str:
-    """Unique per attempt; names its cgroup and the supervisor's record (``[A-Za-z0-9_-]``)."""
-    base = _UNSAFE.sub("-", f"{request.job_id}_{request.task_id}_{request.attempt}")[:160]
-    return f"{base}_{secrets.token_hex(8)}"
+    """Unique per attempt; names its cgroup and the supervisor's record (``[A-Za-z0-9_-]``):
+    ``<readable job_task_attempt>_<task tag>_<random>``."""
+    base = _UNSAFE.sub("-", f"{request.job_id}_{request.task_id}_{request.attempt}")[:140]
+    return f"{base}_{task_tag(request.job_id, request.task_id)}_{secrets.token_hex(8)}"
+
+
+def _of_task(attempt_id: str, tag: str) -> bool:
+    parts = attempt_id.rsplit("_", 2)
+    return len(parts) == 3 and parts[1] == tag
 
 
 def _rebuilt(failure: LaunchFailed, request: RunRequest) -> BaseException:

@@ -10,7 +10,8 @@ Owns the rules (issue 8, "Restart safety"):
   back to ``active``, ``requeueCount + 1``, ``lastRequeueTime`` (not a retry); the next attempt
   starts clean (the task dir hook empties ``wd``; downloads were temp files);
 - a task found ``preparing`` / ``running`` without an open attempt (the agent died before its
-  handle was written, e.g. during downloads) -> requeued;
+  handle was written, e.g. during downloads, or right after the spawn) -> whatever the
+  supervisor runs of it is killed (``TaskRunner.sweep_task``), then it is requeued;
 - a preparation / release / start task attempt: resumed, or run again if lost; a release that
   was interrupted before its command started runs again when the scheduler ends the job.
 Must not: kill a command whose result can still be had.
@@ -60,6 +61,8 @@ async def recover(core: Core, scheduler: Scheduler, prep: PrepRelease, gate: Sta
             page = await core.call(tasks_page(job.id, token, jobs.T_LIVE))
             for task in page.items:
                 if key(task.job_id, task.id) not in resumed:
+                    # No handle: the agent may have died after its spawn; nothing of it may run on.
+                    await core.runner.sweep_task(task.job_id, task.id)
                     await requeue_task(core, task.job_id, task.id)
                     requeued += 1
             token = page.next_token

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -57,6 +59,12 @@ UserResolver = Callable[[TaskBase, str, str], "TaskUser | FailureInfo"]
 HandleSink = Callable[[str, str, RunHandle | None], None]
 TokenSource = Callable[[str, str], str]        # (job id, task id) -> AZ_BATCH_AUTHENTICATION_TOKEN
 LOST = "lost"
+# Test-only fault hook: with this variable set to exactly TEST_KILL_CONFIRM, the agent SIGKILLs
+# itself right after a command was spawned and before its handle is recorded (the window that
+# ``sweep_task`` closes; tests/test_service_sweep.py). The name and the value both say what it
+# does, so it cannot be set by accident; nothing else reads it.
+TEST_KILL_AFTER_SPAWN = "BATCH_AGENT_TEST_ONLY_SIGKILL_AFTER_SPAWN"
+TEST_KILL_CONFIRM = "kill-the-agent"
 
 
 @dataclass(slots=True)
@@ -87,6 +95,17 @@ class TaskRunner:
         """Forget a stop asked of an earlier run of this task (one that came as it ended), so a
         new run (requeue, reactivate) does not end at once. The service calls it at admission."""
         self._terminate.pop((job_id, task_id), None)
+
+    async def sweep_task(self, job_id: str, task_id: str) -> int:
+        """Kill whatever any runner still runs of this task with no handle recorded (the agent
+        died between a spawn and its handle's write); recovery calls it before it requeues such
+        a task. Runners without ``sweep_task`` have nothing of the kind. Returns how many."""
+        found = 0
+        for runner in {id(r): r for r in self.runners.values()}.values():
+            sweep = getattr(runner, "sweep_task", None)
+            if sweep is not None:
+                found += await sweep(job_id, task_id)
+        return found
 
     def interrupt(self) -> None:
         """A stop asked of the whole run (the CLI's Ctrl-C, SIGTERM, SIGHUP): every task running
@@ -306,6 +325,8 @@ class TaskRunner:
         started = await runner.start(request)
         if isinstance(started, FailureInfo):
             return None, started
+        if os.environ.get(TEST_KILL_AFTER_SPAWN) == TEST_KILL_CONFIRM:
+            os.kill(os.getpid(), signal.SIGKILL)        # test-only fault (see TEST_KILL_AFTER_SPAWN)
         if started_sink is not None:
             await asyncio.shield(started_sink(started))     # durable before anything waits on it
         if self.on_handle:
