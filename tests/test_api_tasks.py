@@ -170,6 +170,12 @@ def test_paging_tokens_and_body_limit(api: ApiServer) -> None:
     api.call("POST", "/jobs/pg/tasks", json_body={"id": "added-later", "commandLine": "x"})
     rest = api.call("GET", "", url=first["odata.nextLink"]).json()
     assert [t["id"] for t in rest["value"]] == ["p4", "p5", "added-later"] and "odata.nextLink" not in rest
+    either = api.call("GET", "/jobs/pg/tasks", params={"$filter": "state eq 'completed' or startswith(id, 'P1')"})
+    assert [t["id"] for t in either.json()["value"]] == ["p1"]            # an 'or' is not narrowed to one state
+    active = api.call("GET", "/jobs/pg/tasks", params={"$filter": "State eq 'active'"})
+    assert error(active)[:2] == (400, "InvalidQueryParameterValue")       # property names are case-sensitive
+    upper = api.call("GET", "/jobs/pg/tasks", params={"$filter": "state eq 'ACTIVE' and id eq 'p5'"})
+    assert [t["id"] for t in upper.json()["value"]] == ["p5"]             # values are not
     bad = api.call("GET", "/jobs/pg/tasks", params={"$skiptoken": "bm90LWEtdG9rZW4"})
     assert error(bad)[:2] == (400, "InvalidQueryParameterValue") and error(bad)[2]["QueryParameterName"] == "$skiptoken"
     big = {"value": [{"id": f"b{i}", "commandLine": "x" * 20_000} for i in range(60)]}      # ~1.2 MB

@@ -29,7 +29,7 @@ from agent.api.app import empty_response
 from agent.api.bodies import read_json
 from agent.api.errors import CODES, BatchApiError, from_spec_error, query_error
 from agent.api.formats import parse_http_date
-from agent.api.odata import Expr, ListQuery, project
+from agent.api.odata import BoolOp, Compare, Expr, ListQuery, project
 from agent.api.odata import Page as OdataPage
 from agent.errors import ServiceError, SpecError
 from agent.service import NodeService
@@ -37,7 +37,7 @@ from agent.store import BadToken, JobNotFound, JobRecord, Page, Store, StoreThre
 
 T = TypeVar("T")
 R = TypeVar("R", JobRecord, TaskRecord)
-Fetch = Callable[[Store, int, "str | None", "Callable[[R], bool] | None"], Page[R]]
+Fetch = Callable[[Store, int, "str | None", "Callable[[R], bool] | None", "frozenset[str] | None"], Page[R]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -161,14 +161,16 @@ async def paged(request: Request, query: ListQuery, fetch: Fetch[R], render: Cal
     rendered item, before ``maxresults`` counts), ``$skiptoken`` carries the store's own
     continuation token, and each item is projected by ``$select`` (no per-item odata.metadata).
 
-    ``fetch(store, size, token, match)`` is the store call (``list_jobs`` / ``list_tasks``)."""
+    ``fetch(store, size, token, match, states)`` is the store call (``list_jobs`` / ``list_tasks``);
+    ``states`` narrows the walk to the state a ``state eq '...'`` term requires (the store's index)."""
     size = max(1, min(query.maxresults, request.state.api_settings.page_cap))
     expr = query.filter
     match = None if expr is None else _matcher(expr, render)
     after = query.after
+    states = required_states(expr)
 
     def call(s: Store) -> Page[R]:
-        return fetch(s, size, after, match)
+        return fetch(s, size, after, match, states)
     try:
         page = await store_call(request, call, job_id)
     except BadToken:
@@ -179,6 +181,18 @@ async def paged(request: Request, query: ListQuery, fetch: Fetch[R], render: Cal
         item.pop("odata.metadata", None)
         items.append(project(item, query.select))
     return OdataPage(items, query.next_link(page.next_token) if page.next_token else None)
+
+
+def required_states(expr: Expr | None) -> frozenset[str] | None:
+    """The state a filter requires (``state eq 'x'``, alone or and-ed), else None."""
+    if isinstance(expr, Compare) and expr.path == "state" and expr.op == "eq" and isinstance(expr.value, str):
+        return frozenset({expr.value.casefold()})
+    if isinstance(expr, BoolOp) and expr.op == "and":
+        left, right = required_states(expr.left), required_states(expr.right)
+        if left is not None and right is not None:
+            return left & right
+        return left if left is not None else right
+    return None
 
 
 def _matcher(expr: Expr, render: Callable[[R], dict[str, Any]]) -> Callable[[R], bool]:

@@ -43,8 +43,9 @@ PREP_FILTERS = {"poolId": filterable("string", "eq", "ne"), "nodeId": filterable
                                       ("startTime", _TIME), ("endTime", _TIME), ("exitCode", filterable("int")))}}
 
 
-def _jobs_page(s: Store, size: int, token: str | None, match: Callable[[JobRecord], bool] | None) -> Page[JobRecord]:
-    return s.list_jobs(max_results=size, token=token, match=match)
+def _jobs_page(s: Store, size: int, token: str | None, match: Callable[[JobRecord], bool] | None,
+               states: frozenset[str] | None) -> Page[JobRecord]:
+    return s.list_jobs(max_results=size, token=token, match=match, states=states)
 
 
 async def _reply_job(request: Request, job_id: str, status: int) -> Response:

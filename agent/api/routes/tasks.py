@@ -89,8 +89,9 @@ async def list_tasks(request: Request) -> Response:
             item["lastModifiedTime"] = item["lastModified"]
         return item
 
-    def fetch(s: Store, size: int, token: str | None, match: Callable[[TaskRecord], bool] | None) -> Page[TaskRecord]:
-        return s.list_tasks(job_id, max_results=size, token=token, match=match)
+    def fetch(s: Store, size: int, token: str | None, match: Callable[[TaskRecord], bool] | None,
+              states: frozenset[str] | None) -> Page[TaskRecord]:
+        return s.list_tasks(job_id, max_results=size, token=token, match=match, states=states)
     out = await paged(request, query, fetch, render, job_id)
     if query.filter is not None and (query.select is None or "lastModifiedTime" not in query.select):
         for item in out.items:
