@@ -9,7 +9,8 @@ cgroups are swept (at a runner's start-up and at every clean-up, so a cgroup who
 exited late goes too). The creator holds ``flock`` on the cgroup's directory from before it checks
 that the directory still exists until its process has joined; a sweep, of this agent or of a
 concurrent one, takes the lock without waiting or skips the cgroup. The parent goes when its last
-child does; a creator that finds it gone makes it again.
+child does at a start-up sweep (a runner's clean-up keeps it); a creator that finds it gone makes
+it again.
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ def new_cgroup(hierarchy: Path, name: str, fds: list[int]) -> Path:
     path = hierarchy / CGROUP_PARENT / name
     for _ in range(10):
         try:
-            path.parent.mkdir(exist_ok=True)
-            path.mkdir()
+            try:
+                path.mkdir()
+            except FileNotFoundError:
+                path.parent.mkdir(exist_ok=True)    # made once; a sweep may remove it when empty
+                continue
             lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             fds.append(lock)
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -72,9 +76,11 @@ def new_cgroup(hierarchy: Path, name: str, fds: list[int]) -> Path:
     raise RunnerError(f"cannot create the task's cgroup {path}: removed while it was created")
 
 
-def remove_empty_cgroups(hierarchy: Path) -> None:
-    """Remove the empty attempt cgroups under ``hierarchy``, then their parent if it is empty.
-    A cgroup being created (locked) is skipped; one with a process in it stays."""
+def remove_empty_cgroups(hierarchy: Path, *, keep_parent: bool = False) -> None:
+    """Remove the empty attempt cgroups under ``hierarchy``, then their parent if it is empty
+    (unless ``keep_parent``: a runner's clean-up keeps it for its next attempt; creating and
+    removing it at every task cost two cgroupfs syscalls a task). A cgroup being created (locked)
+    is skipped; one with a process in it stays."""
     parent = hierarchy / CGROUP_PARENT
     try:
         children = [p for p in parent.iterdir() if p.is_dir()]
@@ -93,8 +99,9 @@ def remove_empty_cgroups(hierarchy: Path) -> None:
             continue                # locked: a runner is creating it
         finally:
             os.close(fd)
-    with contextlib.suppress(OSError):
-        parent.rmdir()
+    if not keep_parent:
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 async def remove_when_empty(cgroup: Path) -> bool:

@@ -281,7 +281,7 @@ class ProcessRunner:
                 self._log.info("cgroup kept", cgroup=handle.cgroup,
                                pids=sorted(cgroup_pids(cgroup)))
         if self.hierarchy is not None:
-            remove_empty_cgroups(self.hierarchy)
+            remove_empty_cgroups(self.hierarchy, keep_parent=True)
 
     async def destroy(self, handle: RunHandle) -> None:
         """Kill at once (no grace), let the main process be reaped, then ``cleanup``."""
