@@ -56,6 +56,7 @@ class Scheduler:
         self._specs: dict[tuple[str, str], JobSpec] = {}
         self._deps: dict[tuple[str, str, str], jobs.DependsOn | None] = {}
         self.next_deadline: datetime | None = None
+        self._pass_jobs: dict[str, JobRecord] = {}      # active jobs as this pass read them
 
     def spec(self, job: JobRecord) -> JobSpec:
         k = (job.id.casefold(), job.etag)
@@ -89,7 +90,9 @@ class Scheduler:
     async def _jobs_pass(self) -> bool:
         moved = False
         now = utcnow()
-        for job in await self._all_jobs(frozenset({jobs.ACTIVE, jobs.DISABLING, *jobs.ENDING_JOB_STATES})):
+        found = await self._all_jobs(frozenset({jobs.ACTIVE, jobs.DISABLING, *jobs.ENDING_JOB_STATES}))
+        self._pass_jobs = {job.id.casefold(): job for job in found if job.state == jobs.ACTIVE}
+        for job in found:
             if job.state in jobs.ENDING_JOB_STATES:
                 if job.id.casefold() not in self._ending:
                     self._ending[job.id.casefold()] = self.core.spawn(self._end(job), f"end job {job.id}")
@@ -157,7 +160,9 @@ class Scheduler:
         return jobs.dependency_verdict(dep, parents) is Deps.READY
 
     async def _claim(self, rec: TaskRecord) -> bool:
-        job = await self.core.call(lambda s: s.get_job(rec.job_id))
+        job = self._pass_jobs.get(rec.job_id.casefold())       # read by this pass's job scan
+        if job is None:
+            job = await self.core.call(lambda s: s.get_job(rec.job_id))
         spec = self.spec(job)
         done: TaskRecord | Conflict[TaskRecord] = rec
         if spec.job_preparation_task is not None:

@@ -311,14 +311,22 @@ class SqliteStore:
                 return Conflict(rec)
             now = self._clock()
             new = common.apply_task(rec, changes, self._etags.next(now), now)
+            # The body and node info are encoded and written only when they change (a state
+            # change leaves the body, the largest column, as it is).
+            extra, args = "", list[str | None]()
+            if changes.body is not UNSET:
+                extra += ", body = ?"
+                args.append(common.dumps(new.body))
+            if changes.node_info is not UNSET:
+                extra += ", node_info = ?"
+                args.append(None if new.node_info is None else common.dumps(new.node_info))
             conn.execute(
                 "UPDATE tasks SET state = ?, result = ?, etag = ?, last_modified = ?, state_transition_time = ?, "
-                "previous_state = ?, previous_state_transition_time = ?, required_slots = ?, body = ?, "
-                "execution_info = ?, node_info = ?, dependency_action = ? WHERE seq = ?",
+                "previous_state = ?, previous_state_transition_time = ?, required_slots = ?, "
+                f"execution_info = ?, dependency_action = ?{extra} WHERE seq = ?",
                 (new.state, rows.result(new), new.etag, rows.us(now), rows.us(new.state_transition_time),
                  new.previous_state, rows.us(new.previous_state_transition_time), new.required_slots,
-                 common.dumps(new.body), common.dumps(new.execution_info.to_json()),
-                 None if new.node_info is None else common.dumps(new.node_info), new.dependency_action, rec.seq))
+                 common.dumps(new.execution_info.to_json()), new.dependency_action, *args, rec.seq))
             if changes.attempt is not None:
                 self._save_attempt(conn, changes.attempt)
             return new
