@@ -7,7 +7,8 @@ transaction. A task: ``starting`` -> executionInfo of the attempt (state running
 ``retrying`` -> retryCount / lastRetryTime and the attempt ended, one transaction; ``finished``
 -> completed (or requeued) and the attempt ended, one transaction, then the service's
 ``after_task`` hook (job actions, retention). Three writes per one-attempt task: running,
-handle, completed (each an fsync with synchronous=FULL, on the store's one thread). Prep /
+handle, completed (each an fsync with synchronous=FULL, on the store's one thread; writes of
+several tasks that come together share one by the store thread's group commit). Prep /
 release: their record on this node (``put_prep_release``), REST shape plus ``x-agent-bootId``;
 the start task: ``StartTaskGate``.
 
