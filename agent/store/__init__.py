@@ -20,7 +20,7 @@ under a load average of about 7 from other work; three runs, ranges):
 - Group commit (``StoreThread`` with ``SqliteStore.batch``): the calls queued while a commit's
   fsync runs share the next transaction, a savepoint each, and are answered after its COMMIT,
   so "durable before answered" and "one state change, all or nothing" hold per call while
-  concurrent tasks share fsyncs. With it, the service's per-task path (3 writes a task) is no
+  concurrent tasks share fsyncs. With it, the service's per-task path (3 writes a task) is not
   mostly bound by fsync: 1000 trivial tasks on 4 slots take 6.2-6.5 s with FULL against 5.9 s
   with NORMAL (bench/bench_service.py); the rest of the time is CPU (agent, supervisor, tasks).
 - Off the event loop: a write's fsync (p99 1.2-14 ms here) would stall the loop, so every call
