@@ -1,10 +1,15 @@
-"""The ``batch-agent`` command: ``run``, ``plan`` and ``validate`` one Batch task (or job).
+"""The ``batch-agent`` command: ``run``, ``plan`` and ``validate`` one Batch task (or job),
+``serve`` the node service, ``run-job`` a whole job.
 
-The only place that builds concrete runners and hooks. Exit status: ``validate`` and ``plan``
-0 when the input is valid; ``run`` the task's exit code when its command ran (a signal death
-N gives 128+N, and so does a run stopped by signal N after its command succeeded), 125 when it
-never ran (pre-processing error, job preparation failure, agent fault); 2 for invalid input,
-always with a message naming the field and no traceback.
+It parses and prints; ``agent.compose`` builds the runners, hooks, store and service,
+``agent.daemon`` runs ``serve``, ``agent.runjob`` runs ``run-job``. Exit status: ``validate``
+and ``plan`` 0 when the input is valid; ``run`` the task's exit code when its command ran (a
+signal death N gives 128+N, and so does a run stopped by signal N after its command succeeded),
+125 when it never ran (pre-processing error, job preparation failure, agent fault); ``run-job``
+0 when every task succeeded, 1 when any failed or never ran, 125 for an agent fault; ``serve``
+0 after a stop or drain, 2 for a configuration it cannot start with, 125 for an agent fault.
+Invalid input is 2, always with a message naming the field and no traceback. ``run`` and
+``run-job`` refuse a node root a running service holds.
 
 Signals during ``run``: SIGINT (Ctrl-C), SIGTERM and SIGHUP (a closed terminal) all ask the run
 to stop (``TaskRunner.interrupt``); the agent never dies on them with the task left behind. A
@@ -33,7 +38,6 @@ from agent.errors import AgentError, InputError, SpecError
 
 if TYPE_CHECKING:  # the models load after the arguments parse: --help and --version stay instant
     from agent.config import AgentConfig
-    from agent.environment import NodeIdentity
     from agent.spec import Document, JobSpec, TaskBase, TaskSpec
 
 EXIT_INVALID = 2
@@ -76,6 +80,32 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate a task, task collection or job file")
     validate.add_argument("file", type=Path, metavar="FILE")
     validate.add_argument("--output", choices=("text", "json"), default="text")
+
+    def node(p: argparse.ArgumentParser, level: str) -> None:
+        p.add_argument("--config", type=Path, metavar="FILE",
+                       help="agent config (TOML); default $BATCH_AGENT_CONFIG or /etc/batch-agent/agent.toml")
+        p.add_argument("--root", type=Path, metavar="DIR", help="node root directory (overrides the config)")
+        p.add_argument("--slots", type=int, metavar="N",
+                       help="task slots of this node (overrides [node] task_slots_per_node; 1-256)")
+        p.add_argument("--log-level", default=os.environ.get("BATCH_AGENT_LOG_LEVEL", level),
+                       choices=("debug", "info", "warning", "error"), help="agent log level (stderr)")
+
+    serve = sub.add_parser("serve", help="run the node service: the Batch API, the scheduler, restart safety")
+    node(serve, "info")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="API address (overrides [api] listen; "
+                                                             "default 127.0.0.1:8080)")
+    serve.add_argument("--account-name", metavar="NAME", help="account name clients sign with")
+    serve.add_argument("--account-key", metavar="BASE64",
+                       help="account key (visible in ps: prefer --account-key-file)")
+    serve.add_argument("--account-key-file", type=Path, metavar="FILE",
+                       help="file holding the base64 account key (mode 0600 or 0400, owned by the agent)")
+    run_job = sub.add_parser("run-job", help="run a whole job on this machine through the node's scheduler, "
+                                             "then print every task's result")
+    run_job.add_argument("job", type=Path, metavar="JOB.json", help="the job (Create Job body)")
+    run_job.add_argument("tasks", type=Path, metavar="TASKS.json",
+                         help="its tasks: a task collection ({\"value\": [...]}), a list, or one task")
+    node(run_job, "warning")
+    run_job.add_argument("--output", choices=("text", "json"), default="text", help="result format")
     return parser
 
 
@@ -86,9 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         from agent import logs
         from agent.config import load_config
-        logs.configure(json=not sys.stderr.isatty() and bool(os.environ.get("INVOCATION_ID")),
+        under_systemd = bool(os.environ.get("INVOCATION_ID"))
+        logs.configure(json=not sys.stderr.isatty() and (under_systemd or args.command == "serve"),
                        level=args.log_level)
         config = load_config(args.config, root=args.root)
+        if args.command == "serve":
+            return _serve(args, config)
+        if args.command == "run-job":
+            return _run_job(args, config)
         if args.command == "plan":
             return _plan(args, config)
         return _run(args, config)
@@ -156,14 +191,6 @@ def _pick(doc: Document, task_id: str | None, source: Path) -> TaskSpec:
     return tasks[0]
 
 
-def node_identity(config: AgentConfig) -> NodeIdentity:
-    from agent.environment import NodeIdentity
-
-    n = config.node
-    return NodeIdentity(n.account_name, n.account_url, n.pool_id, n.node_id, n.is_dedicated, n.system_path,
-                        n.reserved_disk_bytes, n.os_reserved_disk_bytes)
-
-
 def _all_specs(task: TaskBase | None, job: JobSpec | None) -> list[TaskBase]:
     specs: list[TaskBase] = [task] if task is not None else []
     if job is not None:
@@ -171,20 +198,8 @@ def _all_specs(task: TaskBase | None, job: JobSpec | None) -> list[TaskBase]:
     return specs
 
 
-def supported_fields() -> frozenset[str]:
-    """The task fields this build implements (their hooks import)."""
-    supported: set[str] = set()
-    for module, cls in (("agent.hooks.resources", "ResourceFilesHook"), ("agent.hooks.outputs", "OutputFilesHook"),
-                        ("agent.hooks.image", "ImageHook")):
-        try:
-            hook_cls = getattr(__import__(module, fromlist=[cls]), cls)
-        except (ImportError, AttributeError):
-            continue
-        supported |= set(hook_cls.handles)
-    return frozenset(supported)
-
-
 def _plan(args: argparse.Namespace, config: AgentConfig) -> int:
+    from agent.compose import node_identity, supported_fields
     from agent.plan import PlanContext, plan_job, plan_task, render_text
     from agent.spec import JobSpec
 
@@ -205,45 +220,6 @@ def _plan(args: argparse.Namespace, config: AgentConfig) -> int:
     return 0
 
 
-def build_runner(config: AgentConfig, specs: Sequence[TaskBase], *, progress: Any = None) -> Any:
-    """The TaskRunner with the runners and hooks the given tasks need."""
-    from agent.hooks.gate import GateHook, used_fields
-    from agent.hooks.taskdir import TaskDirHook
-    from agent.process import ProcessRunner
-    from agent.taskrunner import TaskRunner
-    from agent.users import policy_from_config, resolve_user
-
-    needed = {f for s in specs for f in used_fields(s)}
-    prestart: list[Any] = []
-    exited: list[Any] = []
-    runners: dict[str, Any] = {"process": ProcessRunner(use_cgroups=config.tasks.use_cgroups)}
-    if "resourceFiles" in needed:
-        from agent.hooks.resources import ResourceFilesHook
-        prestart.append(ResourceFilesHook())
-    if "containerSettings" in needed:
-        from agent.container.image import PullRetry
-        from agent.container.orphans import remove_orphans
-        from agent.container.runner import ContainerRunner
-        from agent.hooks.image import ImageHook
-        container_runner = ContainerRunner(config.docker)
-        remove_orphans(container_runner.client, node_root=config.node.root)
-        runners["container"] = container_runner
-        retry = PullRetry(attempts=config.docker.pull_attempts, backoff=config.docker.pull_backoff)
-        prestart.append(ImageHook(container_runner.client, config.docker, retry=retry))
-    if "outputFiles" in needed:
-        from agent.hooks.outputs import OutputFilesHook
-        exited.append(OutputFilesHook())
-    supported = {f for hook in (*prestart, *exited) for f in hook.handles}
-    policy = policy_from_config(config)
-
-    def user_for(spec: TaskBase, kind: str, task_key: str) -> Any:
-        return resolve_user(spec.user_identity, kind, policy=policy, task_key=task_key)
-
-    return TaskRunner(config=config, node=node_identity(config), runners=runners,
-                      prestart=[GateHook(supported), TaskDirHook(), *prestart], exited=exited,
-                      resolve_user=user_for, progress=progress)
-
-
 def _progress_for(specs: Sequence[TaskBase]) -> Any:
     """A transfer bar on stderr when it is a terminal and a task moves files; else None.
     stdout (the result, JSON or text) never carries it."""
@@ -257,6 +233,7 @@ def _progress_for(specs: Sequence[TaskBase]) -> Any:
 
 
 def _run(args: argparse.Namespace, config: AgentConfig) -> int:
+    from agent.compose import build_runner, lock_node, service_used
     from agent.report import exit_status, render_run, run_json
     from agent.spec import JobSpec
     from agent.taskrunner import run_job_task
@@ -267,7 +244,8 @@ def _run(args: argparse.Namespace, config: AgentConfig) -> int:
     task = _pick(doc, args.task_id, args.task)
     specs = _all_specs(task, job)
     progress = _progress_for(specs)
-    runner = build_runner(config, specs, progress=progress)
+    lock = lock_node(config, exclusive=False)     # refuses a node root a service holds
+    runner = build_runner(config, specs, progress=progress, sweep=not service_used(config))
 
     received: list[int] = []
 
@@ -281,8 +259,11 @@ def _run(args: argparse.Namespace, config: AgentConfig) -> int:
             loop.add_signal_handler(sig, stop, sig)
         return await run_job_task(runner, task, job_id=job_id, job=job)
 
-    with progress or contextlib.nullcontext():
-        outcome = asyncio.run(go())
+    try:
+        with progress or contextlib.nullcontext():
+            outcome = asyncio.run(go())
+    finally:
+        lock.release()
     with_job = bool(args.job or args.job_id)
     _emit(run_json(outcome, with_job=with_job), render_run(outcome, config), args.output)
     status = exit_status(outcome)
@@ -291,3 +272,31 @@ def _run(args: argparse.Namespace, config: AgentConfig) -> int:
         # the status of a process ended by that signal, never a success.
         return 128 + received[0]
     return status
+
+
+def _serve(args: argparse.Namespace, config: AgentConfig) -> int:
+    from agent import daemon
+
+    if args.account_key:
+        print("batch-agent serve: warning: --account-key is visible to every local user in ps and "
+              "/proc; put the key in a 0600 file and use --account-key-file", file=sys.stderr)
+    settings = daemon.settings(config, listen=args.listen, account_name=args.account_name,
+                               account_key=args.account_key, account_key_file=args.account_key_file,
+                               slots=args.slots)
+    return daemon.serve(settings)
+
+
+def _run_job(args: argparse.Namespace, config: AgentConfig) -> int:
+    from agent.report import render_run_job, run_job_json, run_job_status
+    from agent.runjob import load_inputs, run_job
+
+    if args.slots is not None and not 1 <= args.slots <= 256:
+        raise InputError(f"--slots: use 1 to 256 (Batch's taskSlotsPerNode), got {args.slots}")
+    job, tasks = load_inputs(args.job, args.tasks)
+    result = run_job(config, job, tasks, slots=args.slots or config.node.task_slots_per_node)
+    args_out = (result.job, result.tasks, result.preparation, result.release)
+    if args.output == "json":
+        _emit(run_job_json(*args_out), "", "json")
+    else:
+        _emit(None, render_run_job(*args_out), "text")
+    return run_job_status(result.tasks)

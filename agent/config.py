@@ -45,6 +45,19 @@ class NodeConfig:
     system_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     reserved_disk_bytes: int = 1_000_000_000
     os_reserved_disk_bytes: int = 1_000_000_000
+    task_slots_per_node: int = 1        # the service's slots (Batch's taskSlotsPerNode)
+    start_task: str = ""                # a JSON file holding the pool's start task ("" = none)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """``batch-agent serve``'s local API. The key itself is never a config value: only a file."""
+
+    listen: str = "127.0.0.1:8080"      # HOST:PORT; loopback unless asked otherwise
+    account_name: str = ""              # "" = [node] account_name
+    account_key_file: str = ""          # base64 key in a 0600/0400 file owned by the agent
+    max_clock_skew: float = 900.0       # a signed request's date may be this far off (seconds)
+    public_url: str = ""                # the URL tasks and odata links use ("" = from listen / Host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +102,12 @@ class AgentConfig:
     tasks: TaskConfig = field(default_factory=TaskConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     source: str = "defaults"
 
 
 _SECTIONS: Mapping[str, type[Any]] = {"node": NodeConfig, "tasks": TaskConfig, "storage": StorageConfig,
-                                      "docker": DockerConfig}
+                                      "docker": DockerConfig, "api": ApiConfig}
 
 
 def _convert(section: str, name: str, kind: Any, value: Any) -> Any:
@@ -124,6 +138,8 @@ _KIND_NAMES: Mapping[Any, str] = {bool: "true or false", int: "a whole number", 
 _RANGES: Mapping[str, tuple[float | None, float | None]] = {
     "node.reserved_disk_bytes": (0, None),
     "node.os_reserved_disk_bytes": (0, None),
+    "node.task_slots_per_node": (1, 256),
+    "api.max_clock_skew": (0, 86400),
     "tasks.kill_grace": (0, 3600),
     "storage.concurrency": (1, 256),
     "storage.retries": (0, 100),
@@ -223,3 +239,31 @@ def _apply(cfg: AgentConfig, data: Mapping[str, Any], source: str) -> AgentConfi
     if issues:
         raise ConfigError(issues, source=source)
     return replace(cfg, source=source, **updates)
+
+
+def read_key_file(path: Path, *, what: str = "account key file") -> str:
+    """The text of a file holding a secret (the API account key), refused, as the config's
+    secret check, when it is a link, not owned by the agent's user, or open to group or others.
+    Checked on the open file (fstat). An error names the file and the fix, never the content."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot open {what} {str(path)!r}: {exc.strerror} (a symlink is refused)") from None
+    with open(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} {str(path)!r} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise ConfigError(f"{what} {str(path)!r} is owned by uid {info.st_uid}, not by the agent's user "
+                              f"(uid {os.geteuid()}); fix: chown {os.geteuid()} {path}")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise ConfigError(f"{what} {str(path)!r} is readable or writable by others (mode {mode:04o}); "
+                              f"fix: chmod 600 {path}")
+        data = file.read(64 * 1024)
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(path)!r} is not base64 text") from None

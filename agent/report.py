@@ -1,14 +1,17 @@
-"""How ``batch-agent run`` reports a result: Batch's Get Task / Get Job shapes as JSON, a short
-readable summary as text, and the process exit status.
+"""How ``batch-agent run`` and ``run-job`` report a result: Batch's Get Task / Get Job shapes as
+JSON, a short readable summary (``run``) or a rich table of every task (``run-job``) as text, and
+the process exit status.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.status import TaskState, format_time
+from agent.status import ExecutionInfo, TaskResult, TaskState, format_time
+from agent.store import JobRecord, TaskRecord
 from agent.taskrunner import JobOutcome, TaskOutcome, special_task_info
 
 EXIT_NOT_RUN = 125
@@ -131,3 +134,71 @@ class TransferProgress:
 
     def advance(self, n: int) -> None:
         self._bar.advance(self._id, n)
+
+
+# --- run-job -------------------------------------------------------------------------------
+
+def _duration(info: ExecutionInfo) -> float | None:
+    if info.start_time is None or info.end_time is None:
+        return None
+    return round((info.end_time - info.start_time).total_seconds(), 3)
+
+
+def run_job_status(tasks: Sequence[TaskRecord]) -> int:
+    """0 when every task completed with success, 1 otherwise (a failure, or a task never run)."""
+    ok = all(t.state == "completed" and t.execution_info.result == TaskResult.SUCCESS for t in tasks)
+    return 0 if ok else 1
+
+
+def run_job_json(job: JobRecord, tasks: Sequence[TaskRecord], preparation: Mapping[str, Any] | None,
+                 release: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One object: the job's end, every task (Batch's field names), the exit status."""
+    rows = []
+    for t in tasks:
+        info = t.execution_info
+        row: dict[str, Any] = {"id": t.id, "state": t.state, **info.to_json()}
+        row["result"] = str(info.result) if info.result else None
+        row["durationSeconds"] = _duration(info)
+        rows.append(row)
+    data: dict[str, Any] = {"job": {"id": job.id, "state": job.state, "executionInfo": dict(job.execution_info)},
+                            "tasks": rows}
+    if preparation is not None:
+        data["jobPreparationTaskExecutionInfo"] = dict(preparation)
+    if release is not None:
+        data["jobReleaseTaskExecutionInfo"] = dict(release)
+    data["exitStatus"] = run_job_status(tasks)
+    return data
+
+
+def render_run_job(job: JobRecord, tasks: Sequence[TaskRecord], preparation: Mapping[str, Any] | None,
+                   release: Mapping[str, Any] | None, *, width: int = 120) -> str:
+    """A rich table of every task, then the job preparation / release and the job's end."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"job {job.id}", title_justify="left")
+    for name, justify in (("task", "left"), ("state", "left"), ("exit code", "right"), ("result", "left"),
+                          ("failure", "left"), ("retries", "right"), ("duration", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for t in tasks:
+        info = t.execution_info
+        seconds = _duration(info)
+        table.add_row(t.id, t.state, "" if info.exit_code is None else str(info.exit_code),
+                      str(info.result) if info.result else "",
+                      info.failure_info.code if info.failure_info else "", str(info.retry_count),
+                      "" if seconds is None else f"{seconds:.2f}s")
+    out = io.StringIO()
+    console = Console(file=out, width=width, no_color=True, highlight=False)
+    console.print(table)
+    for name, special in (("job preparation task", preparation), ("job release task", release)):
+        if special:
+            failure = (special.get("failureInfo") or {}).get("code")
+            console.print(f"{name}: {special.get('state')}, exit code {special.get('exitCode')}"
+                          + (f", failure {failure}" if failure else ""))
+    reason = (job.execution_info or {}).get("terminateReason")
+    succeeded = sum(1 for t in tasks if t.execution_info.result == TaskResult.SUCCESS)
+    console.print(f"job {job.id}: {job.state}" + (f" (terminateReason {reason})" if reason else "")
+                  + f"; {succeeded} of {len(tasks)} tasks succeeded")
+    return out.getvalue().rstrip("\n")

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.cli import build_runner
+from agent.compose import build_runner
 from agent.config import AgentConfig
 from agent.process import ProcessRunner
 from agent.service import NodeService

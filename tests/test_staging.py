@@ -21,7 +21,7 @@ import pytest
 from netfaults import closed_port, sig_of, silent_listener, tiny_tmpfs
 
 from agent.blob import BlobError, BlobTransport, blob_url
-from agent.cli import node_identity
+from agent.compose import node_identity
 from agent.config import AgentConfig, NodeConfig, StorageConfig, TaskConfig
 from agent.hooks.outputs import OutputFilesHook
 from agent.hooks.resources import ResourceFilesHook
