@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import AgentError, ConfigError
+from agent.errors import ConfigError
 
 if TYPE_CHECKING:  # heavy modules load only for the command that needs them
     from agent.api.auth import HmacTaskTokens
@@ -43,8 +43,9 @@ LOCK_FILE = "agent.lock"
 ALL_FIELDS = ("resourceFiles", "containerSettings", "outputFiles")
 
 
-class NodeBusy(AgentError):
-    """Another batch-agent holds this node root (the message says which and what to do)."""
+class NodeBusy(ConfigError):
+    """Another batch-agent holds this node root (the message says which and what to do): exit 2,
+    as a configuration the command cannot start with."""
 
 
 def node_identity(config: AgentConfig) -> NodeIdentity:
@@ -145,7 +146,7 @@ def state_dir(config: AgentConfig) -> Path:
 
 def prepare_state_dir(config: AgentConfig) -> Path:
     """Create the node root (0755, if missing) and its state dir (0700); refuse unsafe ones."""
-    from agent.nodefs import ensure_dir, open_trusted
+    from agent.nodefs import open_trusted
     from agent.store.files import prepare_dir
 
     root = config.node.root
@@ -153,13 +154,14 @@ def prepare_state_dir(config: AgentConfig) -> Path:
         root.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the node root {str(root)!r}: {exc.strerror}; fix --root") from None
-    fd = open_trusted(root, "node root")
+    fd = open_trusted(root, "node root")    # no task can swap the dir below a trusted root
     try:
-        os.close(ensure_dir(fd, STATE_DIR, 0o700))
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(STATE_DIR, 0o700, dir_fd=fd)
     finally:
         os.close(fd)
     path = state_dir(config)
-    prepare_dir(path)                       # 0700, ours, not a link (StoreUnsafe otherwise)
+    prepare_dir(path)       # 0700, ours, not a link: StoreUnsafe otherwise, never repaired
     return path
 
 
@@ -197,8 +199,8 @@ def lock_node(config: AgentConfig, *, exclusive: bool) -> NodeLock:
                            "never share a node root: stop it, or give this one another --root") from None
         raise NodeBusy(f"node root {str(root)!r} is held by a running batch-agent service ({holder}); submit "
                        "the task to it through its API, or give another --root") from None
+    os.ftruncate(fd, 0)                     # a dead serve's pid goes (no serve holds it now)
     if exclusive:
-        os.ftruncate(fd, 0)
         os.pwrite(fd, f"serve pid {os.getpid()}\n".encode(), 0)
     return NodeLock(fd, exclusive)
 

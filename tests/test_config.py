@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import agent.config as config_module
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, load_config, read_key_file
 from agent.errors import ConfigError
 from agent.layout import DEFAULT_ROOT
 
@@ -39,8 +39,9 @@ def test_shipped_default_file_equals_the_defaults() -> None:
     assert cfg.node == type(defaults.node)(node_id=cfg.node.node_id, **{
         k: getattr(defaults.node, k)
         for k in ("root", "account_name", "account_url", "pool_id", "is_dedicated", "system_path",
-                  "reserved_disk_bytes", "os_reserved_disk_bytes")})
-    assert (cfg.tasks, cfg.storage, cfg.docker) == (defaults.tasks, defaults.storage, defaults.docker)
+                  "reserved_disk_bytes", "os_reserved_disk_bytes", "task_slots_per_node", "start_task")})
+    assert (cfg.tasks, cfg.storage, cfg.docker, cfg.api) == (defaults.tasks, defaults.storage, defaults.docker,
+                                                            defaults.api)
 
 
 def test_every_section_parses(tmp_path: Path) -> None:
@@ -275,3 +276,54 @@ def test_cli_refuses_a_world_readable_secret_config(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "agent", "plan", str(task), "--config", str(config),
                          "--root", str(tmp_path / "root")], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_api_section_and_service_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[node]
+task_slots_per_node = 4
+start_task = "/etc/batch-agent/start-task.json"
+
+[api]
+listen = "0.0.0.0:9000"
+account_name = "acct"
+account_key_file = "/etc/batch-agent/account-key"
+max_clock_skew = "PT5M"
+public_url = "http://10.0.0.4:9000"
+""")
+    cfg = load_config(path, environ={})
+    assert cfg.node.task_slots_per_node == 4 and cfg.node.start_task.endswith("start-task.json")
+    assert cfg.api.listen == "0.0.0.0:9000" and cfg.api.account_name == "acct"
+    assert cfg.api.max_clock_skew == 300.0 and cfg.api.public_url == "http://10.0.0.4:9000"
+
+
+@pytest.mark.parametrize(("text", "path"), [
+    ("[node]\ntask_slots_per_node = 0\n", "node.task_slots_per_node"),
+    ("[node]\ntask_slots_per_node = 257\n", "node.task_slots_per_node"),
+    ("[api]\nmax_clock_skew = -1\n", "api.max_clock_skew"),
+    ("[api]\naccount_key = 'abc'\n", "api.account_key"),
+])
+def test_service_keys_out_of_range(tmp_path: Path, text: str, path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert path in info.value.render()
+
+
+def test_key_file_checks(tmp_path: Path) -> None:
+    good = write(tmp_path, "a2V5\n", name="key", mode=0o400)
+    assert read_key_file(good) == "a2V5"
+    for mode in (0o644, 0o604, 0o660):
+        good.chmod(mode)
+        with pytest.raises(ConfigError, match="chmod 600") as info:
+            read_key_file(good)
+        assert "a2V5" not in str(info.value)
+    good.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    with pytest.raises(ConfigError, match="symlink"):
+        read_key_file(link)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_key_file(tmp_path / "missing")
+    os.chown(good, 65534, 65534)
+    with pytest.raises(ConfigError, match="owned by uid 65534"):
+        read_key_file(good)
