@@ -315,3 +315,49 @@ def test_drain_stops_admitting_waits_for_running_tasks_then_exits(node_root: Pat
         s2.wait_task("j", "second")                       # the next agent runs it
     finally:
         assert s2.signal(signal.SIGTERM) == 0
+
+
+def test_container_task_survives_sigkill_and_the_sweep_keeps_only_owned_containers(
+        node_root: Path, key: Path, docker_client: Any, test_image: str) -> None:
+    from agent.container.build import LABEL_NODE_ROOT
+    from agent.container.orphans import LABEL_AGENT
+
+    s = Serve(node_root, "--account-key-file", str(key)).wait_serving()
+    try:
+        s.call("POST", "/jobs", {"id": "j", "poolInfo": {"poolId": "local"}})
+        body = {"id": "c", "commandLine": "sh -c 'echo started; while [ ! -f go ]; do sleep 0.05; done; exit 4'",
+                "containerSettings": {"imageName": test_image}}
+        assert s.call("POST", "/jobs/j/tasks", body).status_code == 201
+        end = time.monotonic() + DEADLINE
+        while "started" not in s.call("GET", "/jobs/j/tasks/c/files/stdout.txt").text:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+    finally:
+        assert s.signal(signal.SIGKILL) == -signal.SIGKILL
+    orphan = docker_client.containers.create(test_image, ["true"], labels={
+        LABEL_NODE_ROOT: str(node_root), LABEL_AGENT: "999999:1.00"})     # a dead agent's leftover
+    s2 = Serve(node_root, "--account-key-file", str(key)).wait_serving()
+    try:
+        assert '"containers_swept": 1' in s2.stderr                     # the orphan, not the task's
+        assert not docker_client.containers.list(all=True, filters={"id": orphan.id})
+        (node_root / "workitems" / "j" / "job-1" / "c" / "wd" / "go").write_text("")
+        t = s2.wait_task("j", "c")
+        assert t["executionInfo"]["exitCode"] == 4 and t["executionInfo"].get("requeueCount", 0) == 0
+        assert s2.call("GET", "/jobs/j/tasks/c/files/stdout.txt").text == "started\n"
+    finally:
+        assert s2.signal(signal.SIGTERM) == 0
+
+
+def test_start_task_from_the_config_runs_before_any_task(node_root: Path, key: Path, tmp_path: Path) -> None:
+    out = open_dir(node_root)
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps({"commandLine": f"/bin/sh -c 'echo up > {out}/start'", "waitForSuccess": True}))
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[node]\nstart_task = "{start}"\ntask_slots_per_node = 2\n')
+    s = Serve(node_root, "--account-key-file", str(key), "--config", str(config)).wait_serving()
+    try:
+        s.add("j", "t", f"/bin/sh -c 'test -f {out}/start'")
+        assert s.wait_task("j", "t")["executionInfo"]["exitCode"] == 0
+    finally:
+        assert s.signal(signal.SIGTERM) == 0
+    assert '"slots": 2' in s.stderr
