@@ -361,3 +361,48 @@ def test_start_task_from_the_config_runs_before_any_task(node_root: Path, key: P
     finally:
         assert s.signal(signal.SIGTERM) == 0
     assert '"slots": 2' in s.stderr
+
+
+def test_ready_and_status_reach_systemd_and_no_task_sees_the_socket(node_root: Path, key: Path,
+                                                                    tmp_path: Path) -> None:
+    import socket
+
+    out = open_dir(node_root)
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(DEADLINE)
+    s = Serve(node_root, "--account-key-file", str(key), env={"NOTIFY_SOCKET": str(path)})
+    try:
+        ready = sock.recv(4096).decode()
+        assert ready.startswith("READY=1\nSTATUS=0/1 slots in use, 0 tasks running")
+        s.wait_serving()
+        assert s.call("GET", "/jobs").status_code == 200                  # READY came after the API answered
+        s.add("j", "t", f"/bin/sh -c 'env > {out}/env'")
+        s.wait_task("j", "t")
+        assert "NOTIFY_SOCKET" not in (out / "env").read_text()
+    finally:
+        assert s.signal(signal.SIGTERM) == 0
+        sock.settimeout(0)
+        messages = []
+        try:
+            while True:
+                messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        sock.close()
+    assert any(m.startswith("STOPPING=1") for m in messages)
+
+
+def test_address_in_use_is_a_configuration_error(node_root: Path, key: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "agent", "serve", "--root", str(node_root), "--listen",
+                               f"127.0.0.1:{port}", "--account-key-file", str(key)],
+                              cwd=REPO, capture_output=True, text=True, timeout=DEADLINE)
+    assert proc.returncode == 2 and "fix --listen" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
