@@ -149,12 +149,9 @@ def prepare_state_dir(config: AgentConfig) -> Path:
     from agent.nodefs import open_trusted
     from agent.store.files import prepare_dir
 
-    root = config.node.root
-    try:
-        root.mkdir(mode=0o755, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the node root {str(root)!r}: {exc.strerror}; fix --root") from None
-    fd = open_trusted(root, "node root")    # no task can swap the dir below a trusted root
+    # open_trusted creates missing components itself, each only after its parent passed the
+    # trust check: a mkdir by path first would create dirs inside another user's directory.
+    fd = open_trusted(config.node.root, "node root")
     try:
         with contextlib.suppress(FileExistsError):
             os.mkdir(STATE_DIR, 0o700, dir_fd=fd)
