@@ -85,15 +85,19 @@ class PrepRelease:
         running = self._prep.get(k)
         if running is not None:
             return await asyncio.shield(running)
-        record = await self._record(spec.id)
-        info = record.preparation if record else None
-        rerun = (_succeeded(info) and info is not None and info.get(BOOT_KEY) != self.journal.boot
-                 and prep.rerun_on_node_reboot_after_success)
-        if _completed(info) and not rerun:
-            return self._verdict(spec, info)
+        # Registered before the first await: a second task admitted while the record is read
+        # waits on this run instead of starting the preparation task a second time.
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._prep[k] = future
         try:
+            record = await self._record(spec.id)
+            info = record.preparation if record else None
+            rerun = (_succeeded(info) and info is not None and info.get(BOOT_KEY) != self.journal.boot
+                     and prep.rerun_on_node_reboot_after_success)
+            if _completed(info) and not rerun:
+                ok = self._verdict(spec, info)
+                future.set_result(ok)
+                return ok
             outcome = await self.core.runner.run_durable(prep, job_id=spec.id, job=spec, kind=JOB_PREPARATION,
                                                          task_id=prep.id, journal=self.journal)
             if outcome is None:                 # lost: it runs again for the next task admitted
