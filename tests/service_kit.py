@@ -4,6 +4,8 @@ root, a NodeService over MemoryStore or SqliteStore, and polling with a deadline
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -88,3 +90,19 @@ def wait_file(path: Path, deadline: float = DEADLINE) -> None:
         time.sleep(0.01)
 
 
+def open_dir(node_root: Path) -> Path:
+    """A directory outside the node root that task users can write (tmp_path's parents are 0700)."""
+    path = Path(tempfile.mkdtemp(dir=node_root.parent, prefix=f"{node_root.name}.out-"))
+    path.chmod(0o777)
+    return path
+
+
+def fifo(path: Path) -> Path:
+    """A FIFO at ``path`` any task user can open: a task blocks on it until ``release``."""
+    os.mkfifo(path, 0o666)
+    path.chmod(0o666)
+    return path
+
+
+def release(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY))

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import ACCOUNT, KEY_B64, signed_headers
+from service_kit import fifo, open_dir, release
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE = 30.0
@@ -35,22 +35,6 @@ def key_file(tmp_path: Path, mode: int = 0o600, text: str = KEY_B64) -> Path:
     path.chmod(mode)
     return path
 
-
-def open_dir(node_root: Path) -> Path:
-    """A directory outside the node root that task users can write."""
-    path = Path(tempfile.mkdtemp(dir=node_root.parent, prefix=f"{node_root.name}.out-"))
-    path.chmod(0o777)
-    return path
-
-
-def fifo(path: Path) -> Path:
-    os.mkfifo(path, 0o666)
-    path.chmod(0o666)
-    return path
-
-
-def release(path: Path) -> None:
-    os.close(os.open(path, os.O_WRONLY))
 
 
 def wait_file(path: Path, text: str = "") -> str:

@@ -4,36 +4,18 @@ or requeues (another boot, no handle), and every task ends exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from service_kit import job, service, sh, task, until, wait_file
+from service_kit import fifo, job, open_dir, release, service, sh, task, until, wait_file
 
 from agent.store import Expect, SqliteStore, TaskChanges
 
 CHILD = Path(__file__).parent / "service_child.py"
 
-
-def open_dir(node_root: Path) -> Path:
-    """A directory outside the node root that task users can write (tmp_path's parents are 0700)."""
-    path = Path(tempfile.mkdtemp(dir=node_root.parent, prefix=f"{node_root.name}.out-"))
-    path.chmod(0o777)
-    return path
-
-
-def fifo(path: Path) -> Path:
-    os.mkfifo(path, 0o666)
-    path.chmod(0o666)
-    return path
-
-
-def release(path: Path) -> None:
-    os.close(os.open(path, os.O_WRONLY))
 
 
 async def add(state: Path, root: Path, command: str) -> None:

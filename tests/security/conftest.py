@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +62,12 @@ class Agent:
 @pytest.fixture
 def agent(node_root: Path, tmp_path: Path) -> Agent:
     return Agent(node_root, tmp_path, "[tasks]\nkill_grace = 0.2\n[storage]\nbackoff = 0\n")
+
+
+@pytest.fixture
+def scratch(node_root: Path) -> Iterator[Path]:
+    """A directory next to the node root that task users can traverse (scripts, FIFOs)."""
+    path = Path(tempfile.mkdtemp(prefix="attack-scratch-", dir=node_root.parent))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -15,12 +15,9 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +67,6 @@ class Lines:
     def close(self) -> None:
         os.close(self.fd)
 
-
-@pytest.fixture
-def scratch(node_root: Path) -> Iterator[Path]:
-    """A directory next to the node root that task users can traverse (scripts, FIFOs)."""
-    path = Path(tempfile.mkdtemp(prefix="kill-scratch-", dir=node_root.parent))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def start(root: Path, config: Path, workdir: Path, task: dict[str, Any]) -> subprocess.Popen[str]:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import socketserver
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -112,14 +110,6 @@ class Lines:
     def close(self) -> None:
         os.close(self.fd)
 
-
-@pytest.fixture
-def scratch(node_root: Path) -> Iterator[Path]:
-    """A directory next to the node root that task users can traverse (scripts, FIFOs)."""
-    path = Path(tempfile.mkdtemp(prefix="signal-scratch-", dir=node_root.parent))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
