@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -329,7 +330,13 @@ async def test_task_runs_in_its_own_session_as_its_user(root: Path, client: Supe
         assert f"Umask:\t{umask:04o}\n" in status                     # the agent's, not the supervisor's
         assert os.readlink(f"/proc/{spawned.pid}/fd/0") == "/dev/null"
         assert os.readlink(f"/proc/{spawned.pid}/fd/1") == str(root / "out")     # by descriptor
-        assert sorted(os.listdir(f"/proc/{spawned.pid}/fd")) == ["0", "1", "2"]   # nothing leaked
+        # Nothing leaked. `sleep` opens and closes locale files as it starts, so a leak is an fd that
+        # stays: wait (on the fact, with a deadline) for the listing to settle at 0, 1, 2.
+        deadline = time.monotonic() + 10
+        while (fds := sorted(os.listdir(f"/proc/{spawned.pid}/fd"))) != ["0", "1", "2"] \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert fds == ["0", "1", "2"]
     finally:
         os.kill(spawned.pid, signal.SIGKILL)
     assert await client.wait("a-user") == Exited(-9)
